@@ -1,0 +1,317 @@
+"""Typed settings, validated once at start-up from the environment and ``.env``.
+
+A bad value must stop the process with one line that names the variable, what is wrong with it
+and how to fix it, without ever echoing a secret: :func:`load_settings` turns pydantic's
+validation errors into such lines (:class:`SettingsError`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from plugins.spec import KNOWN_PROVIDERS, ProviderSpec, Slot
+
+ProviderList = Annotated[list[str], NoDecode]
+
+_SECRET_FIELDS = frozenset(
+    {
+        "cartesia_api_key",
+        "deepgram_api_key",
+        "openrouter_api_key",
+        "openai_api_key",
+        "google_api_key",
+        "elevenlabs_api_key",
+        "livekit_api_key",
+        "livekit_api_secret",
+        "ghl_api_key",
+        "encryption_key",
+    }
+)
+
+
+def _split_providers(value: Any, slot: Slot) -> list[str]:
+    if isinstance(value, str):
+        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    else:
+        names = [str(n).strip().lower() for n in value]
+    if not names:
+        raise ValueError(
+            f"is empty; list {slot.upper()} providers in order, e.g. "
+            f"{','.join(KNOWN_PROVIDERS[slot])}"
+        )
+    known = KNOWN_PROVIDERS[slot]
+    for name in names:
+        if name not in known:
+            raise ValueError(
+                f"names unknown {slot.upper()} provider {name!r}; choose from {', '.join(known)}"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError("lists a provider twice; name each provider once")
+    return names
+
+
+class Settings(BaseSettings):
+    """Every knob of the agent. Field ``foo_bar`` is read from env var ``FOO_BAR``."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # -- provider chains ------------------------------------------------------------------
+    stt_providers: ProviderList = Field(default_factory=lambda: list(KNOWN_PROVIDERS["stt"]))
+    llm_providers: ProviderList = Field(default_factory=lambda: list(KNOWN_PROVIDERS["llm"]))
+    tts_providers: ProviderList = Field(default_factory=lambda: list(KNOWN_PROVIDERS["tts"]))
+
+    # -- speech to text ---------------------------------------------------------------------
+    deepgram_api_key: SecretStr | None = None
+    deepgram_base_url: AnyHttpUrl | None = None
+    deepgram_model: str = "nova-3"
+    google_application_credentials: Path | None = None
+    google_stt_model: str = "latest_long"
+    google_stt_location: str = "global"
+    whisper_model: str = "whisper-1"
+    stt_language: str = "en-US"
+
+    # -- language models --------------------------------------------------------------------
+    openrouter_api_key: SecretStr | None = None
+    openrouter_app_name: str = "Never Silent Sales Agent"
+    openrouter_app_url: AnyHttpUrl | None = None
+    openrouter_base_url: AnyHttpUrl | None = None
+    openrouter_model: str = "openai/gpt-4o-mini"
+    openai_api_key: SecretStr | None = None
+    openai_base_url: AnyHttpUrl | None = None
+    openai_model: str = "gpt-4o-mini"
+    google_api_key: SecretStr | None = None
+    google_base_url: AnyHttpUrl | None = None
+    google_llm_model: str = "gemini-2.0-flash"
+
+    # -- text to speech ---------------------------------------------------------------------
+    cartesia_api_key: SecretStr | None = None
+    cartesia_base_url: AnyHttpUrl | None = None
+    cartesia_model: str = "sonic-2"
+    cartesia_voice: str = "794f9389-aac1-45b6-b726-9d9369183238"
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_base_url: AnyHttpUrl | None = None
+    elevenlabs_model: str = "eleven_flash_v2_5"
+    elevenlabs_voice: str = "EXAVITQu4vr4xnVDxPzn"
+    local_tts_voice: str = "en-us"
+
+    # -- LiveKit ----------------------------------------------------------------------------
+    livekit_url: str | None = None
+    livekit_api_key: SecretStr | None = None
+    livekit_api_secret: SecretStr | None = None
+    agent_name: str = "never-silent-sales"
+
+    # -- CRM and journal ----------------------------------------------------------------------
+    ghl_api_key: SecretStr | None = None
+    ghl_location_id: str | None = None
+    ghl_calendar_id: str | None = None
+    ghl_base_url: AnyHttpUrl = AnyHttpUrl("https://services.leadconnectorhq.com")
+    ghl_timezone: str = "America/New_York"
+    encryption_key: SecretStr | None = None
+
+    # -- resilience and health ----------------------------------------------------------------
+    data_dir: Path = Path("data")
+    redis_url: str | None = None
+    health_check_interval: float = Field(default=30.0, gt=0)
+    llm_first_token_timeout: float = Field(default=1.0, gt=0, le=30)
+    tts_first_audio_timeout: float = Field(default=1.0, gt=0, le=30)
+    stt_first_result_timeout: float = Field(default=2.0, gt=0, le=60)
+    stt_stall_timeout: float = Field(default=3.0, gt=0, le=60)
+    hedge_requests: bool = False
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("stt_providers", mode="before")
+    @classmethod
+    def _stt(cls, v: Any) -> list[str]:
+        return _split_providers(v, "stt")
+
+    @field_validator("llm_providers", mode="before")
+    @classmethod
+    def _llm(cls, v: Any) -> list[str]:
+        return _split_providers(v, "llm")
+
+    @field_validator("tts_providers", mode="before")
+    @classmethod
+    def _tts(cls, v: Any) -> list[str]:
+        return _split_providers(v, "tts")
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _encryption_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or v.get_secret_value() == "":
+            return None
+        length = len(v.get_secret_value())
+        if length != 32:
+            raise ValueError(
+                f"must be exactly 32 characters (it has {length}); generate one with "
+                "python -c 'import secrets; print(secrets.token_hex(16))'"
+            )
+        return v
+
+    @field_validator("google_application_credentials")
+    @classmethod
+    def _credentials_file(cls, v: Path | None) -> Path | None:
+        if v is not None and str(v) and not v.is_file():
+            raise ValueError(
+                f"points to {str(v)!r}, which is not a file; give the path of a Google "
+                "service-account JSON file or unset it"
+            )
+        return v
+
+    @field_validator("livekit_url")
+    @classmethod
+    def _livekit_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError("must start with wss:// (or ws:// for a local server)")
+        return v or None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis:// or rediss://, e.g. redis://localhost:6379/0")
+        return v or None
+
+    # -- derived ------------------------------------------------------------------------------
+    def secret(self, name: str) -> str | None:
+        value = getattr(self, name)
+        if value is None:
+            return None
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        return raw or None
+
+    def provider_specs(self, slot: Slot) -> list[ProviderSpec]:
+        """The configured chain for one slot, in order. Keys may be missing: the chain builder
+        skips such providers with one log line."""
+        order = {"stt": self.stt_providers, "llm": self.llm_providers, "tts": self.tts_providers}
+        return [self._spec(slot, name) for name in order[slot]]
+
+    def _spec(self, slot: Slot, name: str) -> ProviderSpec:
+        def url(u: AnyHttpUrl | None) -> str | None:
+            return str(u).rstrip("/") if u is not None else None
+
+        match (slot, name):
+            case ("stt", "deepgram"):
+                return ProviderSpec(
+                    slot,
+                    name,
+                    url(self.deepgram_base_url),
+                    self.deepgram_model,
+                    api_key=self.secret("deepgram_api_key"),
+                    extra={"language": self.stt_language},
+                )
+            case ("stt", "google"):
+                creds = self.google_application_credentials
+                return ProviderSpec(
+                    slot,
+                    name,
+                    None,
+                    self.google_stt_model,
+                    api_key=str(creds) if creds else None,
+                    extra={"language": self.stt_language, "location": self.google_stt_location},
+                )
+            case ("stt", "whisper"):
+                return ProviderSpec(
+                    slot,
+                    name,
+                    url(self.openai_base_url),
+                    self.whisper_model,
+                    api_key=self.secret("openai_api_key"),
+                    extra={"language": self.stt_language.split("-")[0]},
+                )
+            case ("llm", "openrouter"):
+                extra = {"app_name": self.openrouter_app_name}
+                if self.openrouter_app_url is not None:
+                    extra["app_url"] = str(self.openrouter_app_url)
+                return ProviderSpec(
+                    slot,
+                    name,
+                    url(self.openrouter_base_url),
+                    self.openrouter_model,
+                    api_key=self.secret("openrouter_api_key"),
+                    extra=extra,
+                )
+            case ("llm", "openai"):
+                return ProviderSpec(
+                    slot,
+                    name,
+                    url(self.openai_base_url),
+                    self.openai_model,
+                    api_key=self.secret("openai_api_key"),
+                )
+            case ("llm", "google"):
+                return ProviderSpec(
+                    slot,
+                    name,
+                    url(self.google_base_url),
+                    self.google_llm_model,
+                    api_key=self.secret("google_api_key"),
+                )
+            case ("tts", "cartesia"):
+                return ProviderSpec(
+                    slot,
+                    name,
+                    url(self.cartesia_base_url),
+                    self.cartesia_model,
+                    self.cartesia_voice,
+                    api_key=self.secret("cartesia_api_key"),
+                )
+            case ("tts", "elevenlabs"):
+                return ProviderSpec(
+                    slot,
+                    name,
+                    url(self.elevenlabs_base_url),
+                    self.elevenlabs_model,
+                    self.elevenlabs_voice,
+                    api_key=self.secret("elevenlabs_api_key"),
+                )
+            case ("tts", "local-tts"):
+                return ProviderSpec(slot, name, voice=self.local_tts_voice)
+            case _:
+                return ProviderSpec(slot, name)
+
+
+class SettingsError(Exception):
+    """A setting is invalid. ``str(e)`` is one line per problem, safe to print (no secrets)."""
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = error.get("loc") or ("?",)
+    variable = str(loc[0]).upper()
+    msg = str(error.get("msg", "is invalid"))
+    msg = msg.removeprefix("Value error, ")
+    kind = str(error.get("type", ""))
+    if kind == "url_parsing" or kind.startswith("url_"):
+        msg = f"is not a valid URL ({msg}); give a full URL such as https://host.example/path"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        msg = f"is out of range: {msg.lower()}"
+    elif kind in ("float_parsing", "int_parsing", "bool_parsing"):
+        msg = f"is not a number: {msg.lower()}"
+    elif kind == "literal_error":
+        msg = f"is not allowed: {msg.lower()}"
+    if str(loc[0]) not in _SECRET_FIELDS and "input" in error and kind != "value_error":
+        shown = str(error["input"])
+        if len(shown) <= 80:
+            msg = f"{msg} (got {shown!r})"
+    return f"Invalid setting {variable}: {msg}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate settings; raise :class:`SettingsError` with one line per problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise SettingsError("\n".join(_describe(dict(err)) for err in e.errors())) from None

@@ -1,0 +1,1 @@
+"""Guards, breakers, failure classification and the shared health store."""

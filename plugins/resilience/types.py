@@ -1,0 +1,131 @@
+"""The contract shared by the breaker, the stores, the guards and the observers.
+
+Kept in one small module so that each piece can be written and tested against it alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class FailureKind(str, enum.Enum):
+    """Why an attempt failed; decides what the breaker does with it."""
+
+    QUOTA_EXHAUSTED = "quota_exhausted"  # 402, quota messages: long cooldown or until reset
+    RATE_LIMITED = "rate_limited"  # 429: honour Retry-After exactly
+    KEY_REJECTED = "key_rejected"  # 401/403: stays off until settings change
+    SERVER_ERROR = "server_error"  # 5xx
+    CONNECTION_ERROR = "connection_error"  # refused, reset, DNS
+    TIMEOUT = "timeout"  # first token/audio/result deadline missed
+    STALL = "stall"  # stream went quiet mid-way
+    IN_BAND_ERROR = "in_band_error"  # error frame / error JSON inside a 200
+    EMPTY_RESULT = "empty_result"  # empty reply, silent audio, no transcript
+    TRUNCATED = "truncated"  # stream cut before completion
+    REQUEST_FAULT = "request_fault"  # context too long, content filter: not the provider's health
+    BUDGET_EXHAUSTED = "budget_exhausted"  # our own spending cap for the period
+    UNKNOWN = "unknown"
+
+    @property
+    def counts_against_health(self) -> bool:
+        return self is not FailureKind.REQUEST_FAULT
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A classified failure. ``message`` must never contain a secret."""
+
+    kind: FailureKind
+    message: str
+    status: int | None = None
+    retry_after_s: float | None = None  # from Retry-After / rate-limit reset headers
+    reset_at: float | None = None  # epoch seconds when a quota resets, if the provider said
+
+
+class BreakerState(str, enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"  # operator override
+    DISABLED = "disabled"  # operator override: never tried
+    KEY_REJECTED = "key_rejected"  # stays off until the key (settings fingerprint) changes
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The store's answer to "may I try this provider now?"."""
+
+    allowed: bool
+    state: BreakerState
+    is_probe: bool = False  # True: this attempt is the single half-open probe
+    reason: str = ""  # why not, e.g. "rate_limited until 12:00:03"
+    until: float | None = None  # epoch seconds when it may be tried again
+
+
+@dataclass
+class ProviderHealth:
+    """What ``status`` and the health logger show for one provider."""
+
+    key: str  # ProviderSpec.key, e.g. "tts:cartesia"
+    state: BreakerState
+    last_failure: FailureKind | None = None
+    last_error: str = ""
+    open_until: float | None = None
+    consecutive_failures: int = 0
+    trips: int = 0
+    requests: int = 0
+    failures: int = 0
+    latency_ms_p50: float | None = None
+    latency_ms_p95: float | None = None
+    usage: dict[str, float] = field(default_factory=dict)  # unit -> amount this period
+    updated_at: float = 0.0
+
+    @property
+    def success_rate(self) -> float | None:
+        if self.requests == 0:
+            return None
+        return 1.0 - self.failures / self.requests
+
+
+class HealthStore(Protocol):
+    """Breaker and usage state shared by every call on a machine (SQLite) or a pool (Redis).
+
+    Every method is atomic across processes. ``now`` is injectable for tests.
+    """
+
+    async def admit(self, key: str, *, now: float | None = None) -> Admission: ...
+
+    async def record_success(
+        self, key: str, *, latency_s: float | None, now: float | None = None
+    ) -> None: ...
+
+    async def record_failure(
+        self, key: str, failure: Failure, *, now: float | None = None
+    ) -> BreakerState: ...
+
+    async def add_usage(
+        self, key: str, unit: str, amount: float, *, now: float | None = None
+    ) -> float: ...
+
+    async def health(self, key: str) -> ProviderHealth: ...
+
+    async def all_health(self) -> list[ProviderHealth]: ...
+
+    async def set_override(self, key: str, state: BreakerState | None) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class GuardObserver(Protocol):
+    """Receives what the guards see; the health logger and the metrics implement it."""
+
+    def on_attempt(self, key: str, *, is_probe: bool) -> None: ...
+
+    def on_success(self, key: str, *, latency_s: float | None) -> None: ...
+
+    def on_failure(self, key: str, failure: Failure, new_state: BreakerState) -> None: ...
+
+    def on_skip(self, key: str, admission: Admission) -> None: ...
+
+    def on_usage(self, key: str, unit: str, amount: float) -> None: ...
