@@ -64,7 +64,11 @@ class Settings(BaseSettings):
     """Every knob of the agent. Field ``foo_bar`` is read from env var ``FOO_BAR``."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=False,
     )
 
     # -- provider chains ------------------------------------------------------------------
