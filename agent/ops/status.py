@@ -1,0 +1,58 @@
+"""``python -m agent status``: every provider's health, read from the shared store.
+
+Reads the same store the workers write (SQLite in DATA_DIR, or REDIS_URL), so it shows what a
+running pool knows, not what this process knows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from agent.settings import Settings
+from plugins.observability.health_view import health_row, render_table
+from plugins.resilience.store import open_store
+from plugins.resilience.types import ProviderHealth
+
+_SLOT_ORDER = {"stt": 0, "llm": 1, "tts": 2}
+
+
+async def read_health(settings: Settings) -> list[ProviderHealth]:
+    store = open_store(settings.redis_url, settings.data_dir)
+    try:
+        healths = await store.all_health()
+    finally:
+        await store.aclose()
+    return sorted(healths, key=lambda h: (_SLOT_ORDER.get(h.key.split(":")[0], 9), h.key))
+
+
+def health_json(h: ProviderHealth) -> dict[str, Any]:
+    item = asdict(h)
+    item["state"] = h.state.value
+    item["last_failure"] = h.last_failure.value if h.last_failure else None
+    item["success_rate"] = h.success_rate
+    item["label"] = health_row(h).state
+    return item
+
+
+def run(argv: list[str], settings: Settings) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent status", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    try:
+        healths = asyncio.run(read_health(settings))
+    except Exception as e:  # an unreachable Redis or unreadable file: say which, don't trace
+        where = "REDIS_URL" if settings.redis_url else f"DATA_DIR ({settings.data_dir})"
+        sys.stderr.write(f"Cannot read the health store at {where}: {type(e).__name__}: {e}\n")
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps([health_json(h) for h in healths], indent=2) + "\n")
+        return 0
+    where = "Redis (REDIS_URL)" if settings.redis_url else f"{settings.data_dir}/"
+    table = render_table([health_row(h) for h in healths])
+    sys.stdout.write(f"Provider health (store: {where})\n{table}\n")
+    return 0

@@ -1,0 +1,89 @@
+"""How a provider's health reads to an operator: one state word and a table row.
+
+Shared by the per-call health log and ``status`` so both say the same thing the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from plugins.resilience.types import BreakerState, FailureKind, ProviderHealth
+
+
+def _clock_time(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+def state_label(h: ProviderHealth, *, active: bool = False, now: float | None = None) -> str:
+    """active, available, probing, failed, quota-exhausted, rate-limited until T, key-rejected..."""
+    now = time.time() if now is None else now
+    if h.state is BreakerState.KEY_REJECTED:
+        return "key-rejected"
+    if h.state is BreakerState.DISABLED:
+        return "disabled"
+    if h.state is BreakerState.FORCED_OPEN:
+        return "forced-off"
+    if h.state is BreakerState.HALF_OPEN:
+        return "probing"
+    if h.state is BreakerState.OPEN:
+        until = f" until {_clock_time(h.open_until)}" if h.open_until and h.open_until > now else ""
+        if h.last_failure is FailureKind.QUOTA_EXHAUSTED:
+            return f"quota-exhausted{until}"
+        if h.last_failure is FailureKind.RATE_LIMITED:
+            return f"rate-limited{until}"
+        if h.last_failure is FailureKind.BUDGET_EXHAUSTED:
+            return f"budget-spent{until}"
+        return f"failed{until}"
+    return "active" if active else "available"
+
+
+@dataclass(frozen=True)
+class HealthRow:
+    slot: str
+    provider: str
+    state: str
+    success_rate: str
+    latency: str
+    requests: int
+    last_error: str
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def health_row(h: ProviderHealth, *, active: bool = False, now: float | None = None) -> HealthRow:
+    slot, _, provider = h.key.partition(":")
+    rate = h.success_rate
+    latency = (
+        f"p50 {h.latency_ms_p50:.0f} ms / p95 {h.latency_ms_p95:.0f} ms"
+        if h.latency_ms_p50 is not None and h.latency_ms_p95 is not None
+        else "-"
+    )
+    return HealthRow(
+        slot=slot,
+        provider=provider,
+        state=state_label(h, active=active, now=now),
+        success_rate="-" if rate is None else f"{rate:.0%}",
+        latency=latency,
+        requests=h.requests,
+        last_error=h.last_error,
+    )
+
+
+def render_table(rows: list[HealthRow]) -> str:
+    """A fixed-width table, one provider a line, grouped by slot in the order given."""
+    if not rows:
+        return "(no provider has been used yet)"
+    headers = ("SLOT", "PROVIDER", "STATE", "SUCCESS", "LATENCY", "REQUESTS", "LAST ERROR")
+    cells = [
+        (r.slot.upper(), r.provider, r.state, r.success_rate, r.latency, str(r.requests),
+         r.last_error[:60])
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
