@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     stt_stall_timeout: float = Field(default=3.0, gt=0, le=60)
     hedge_requests: bool = False
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    drain_timeout: int = Field(default=540, ge=0, le=7200)
+    load_threshold: float = Field(default=0.75, gt=0, le=1)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

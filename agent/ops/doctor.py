@@ -1,0 +1,141 @@
+"""``python -m agent doctor``: is every configured provider usable, and if not, why.
+
+Settings were already validated on the way in (a bad value never gets here). Doctor then asks
+each provider's account API, with the configured key and base URL, whether the key is accepted
+and how much credit is left, and checks what can be checked offline (the Google credentials
+file, the journal key, the LiveKit triple). One line per provider; one line per problem, naming
+what to do; exit 1 if there is any problem. Keys are only ever shown masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from agent.settings import Settings
+from plugins.observability.credit import CreditReport, check_credit, mask
+from plugins.spec import LOCAL_PROVIDERS, ProviderSpec
+
+GHL_VERSION = "2021-07-28"
+
+
+@dataclass(frozen=True)
+class Finding:
+    subject: str
+    ok: bool
+    text: str
+
+
+def _credit_text(r: CreditReport) -> str:
+    if r.remaining is None:
+        return "key accepted"
+    amount = f"{r.remaining:,.2f}" if r.unit == "usd" else f"{r.remaining:,.0f}"
+    limit = f" of {r.limit:,.0f}" if r.limit and r.unit != "usd" else ""
+    reset = (
+        time.strftime(", resets %Y-%m-%d %H:%M UTC", time.gmtime(r.reset_at)) if r.reset_at else ""
+    )
+    return f"key accepted, {amount}{limit} {r.unit} left{reset}"
+
+
+def _google_credentials(path: Path) -> str | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return f"cannot read {path} as JSON ({type(e).__name__}); download the key file again"
+    missing = [k for k in ("type", "client_email", "private_key") if not data.get(k)]
+    if data.get("type") not in (None, "service_account") or missing:
+        return f"{path} is not a service-account key (missing {', '.join(missing) or 'type'})"
+    return None
+
+
+async def _check_ghl(settings: Settings, http: aiohttp.ClientSession) -> Finding:
+    key = settings.secret("ghl_api_key")
+    if not settings.ghl_location_id:
+        return Finding("crm:ghl", False, "GHL_API_KEY is set but GHL_LOCATION_ID is not; set it")
+    url = f"{str(settings.ghl_base_url).rstrip('/')}/locations/{settings.ghl_location_id}"
+    headers = {"Authorization": f"Bearer {key}", "Version": GHL_VERSION, "Accept": "application/json"}
+    try:
+        async with asyncio.timeout(5), http.get(url, headers=headers) as resp:
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError) as e:
+        return Finding("crm:ghl", False, f"GHL unreachable at {url} ({type(e).__name__})")
+    if status in (401, 403):
+        return Finding(
+            "crm:ghl",
+            False,
+            f"GHL token {mask(key)} rejected ({status}); create a new private integration token",
+        )
+    if status == 404:
+        return Finding("crm:ghl", False, f"GHL location {settings.ghl_location_id} not found")
+    if status != 200:
+        return Finding("crm:ghl", False, f"GHL answered {status}; try later")
+    return Finding("crm:ghl", True, f"token {mask(key)} accepted for the location")
+
+
+async def _check_spec(spec: ProviderSpec, settings: Settings, http: aiohttp.ClientSession) -> Finding:
+    if spec.name in LOCAL_PROVIDERS:
+        return Finding(spec.key, True, "local, always available")
+    if spec.key == "stt:google":
+        creds = settings.google_application_credentials
+        if creds is None:
+            return Finding(spec.key, True, "skipped: GOOGLE_APPLICATION_CREDENTIALS not set")
+        problem = _google_credentials(creds)
+        if problem:
+            return Finding(spec.key, False, problem)
+        return Finding(spec.key, True, f"service-account file {creds} looks valid")
+    if not spec.api_key:
+        return Finding(spec.key, True, "skipped: no key set")
+    report = await check_credit(spec, http)
+    if report is None:
+        return Finding(spec.key, True, f"key {mask(spec.api_key)} set (no account API to check)")
+    if report.problem:
+        return Finding(spec.key, False, report.problem)
+    return Finding(spec.key, True, f"{mask(spec.api_key)}: {_credit_text(report)}")
+
+
+async def diagnose(settings: Settings) -> list[Finding]:
+    specs = [s for slot in ("stt", "llm", "tts") for s in settings.provider_specs(slot)]  # type: ignore[arg-type]
+    async with aiohttp.ClientSession() as http:
+        findings = list(await asyncio.gather(*(_check_spec(s, settings, http) for s in specs)))
+        if settings.secret("ghl_api_key"):
+            findings.append(await _check_ghl(settings, http))
+            if settings.encryption_key is None:
+                findings.append(
+                    Finding(
+                        "journal",
+                        False,
+                        "ENCRYPTION_KEY is not set: transcripts cannot be journaled for the CRM; "
+                        "set 32 characters",
+                    )
+                )
+    lk = [settings.livekit_url, settings.livekit_api_key, settings.livekit_api_secret]
+    if any(lk) and not all(lk):
+        findings.append(
+            Finding(
+                "livekit",
+                False,
+                "LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET must be set together",
+            )
+        )
+    return findings
+
+
+def run(argv: list[str], settings: Settings) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent doctor", description=__doc__)
+    parser.parse_args(argv)
+    findings = asyncio.run(diagnose(settings))
+    width = max(len(f.subject) for f in findings)
+    for f in findings:
+        sys.stdout.write(f"{'ok ' if f.ok else 'BAD'}  {f.subject.ljust(width)}  {f.text}\n")
+    problems = sum(not f.ok for f in findings)
+    sys.stdout.write(
+        f"{problems} problem{'s' if problems != 1 else ''} found\n" if problems else "All good.\n"
+    )
+    return 1 if problems else 0
