@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from plugins.spec import KNOWN_PROVIDERS, ProviderSpec, Slot
 
 ProviderList = Annotated[list[str], NoDecode]
+ProviderAmounts = Annotated[dict[str, float], NoDecode]
 
 _SECRET_FIELDS = frozenset(
     {
@@ -58,6 +59,37 @@ def _split_providers(value: Any, slot: Slot) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError("lists a provider twice; name each provider once")
     return names
+
+
+def _parse_amounts(value: Any) -> dict[str, float]:
+    """``tts:cartesia=50, llm:openai=20`` -> {"tts:cartesia": 50.0, "llm:openai": 20.0}."""
+    if isinstance(value, dict):
+        items = list(value.items())
+    else:
+        items = []
+        for part in str(value).split(","):
+            if not part.strip():
+                continue
+            name, sep, amount = part.partition("=")
+            if not sep:
+                raise ValueError(f"entry {part.strip()!r} has no '='; write slot:provider=amount")
+            items.append((name, amount))
+    out: dict[str, float] = {}
+    for name, amount in items:
+        key = str(name).strip().lower()
+        slot, _, provider = key.partition(":")
+        if slot not in KNOWN_PROVIDERS or provider not in KNOWN_PROVIDERS[slot]:  # type: ignore[comparison-overlap]
+            raise ValueError(
+                f"names unknown provider {key!r}; write slot:provider, e.g. tts:cartesia"
+            )
+        try:
+            number = float(amount)
+        except (TypeError, ValueError):
+            raise ValueError(f"amount for {key} is not a number: {amount!r}") from None
+        if number < 0:
+            raise ValueError(f"amount for {key} is negative; use 0 or more")
+        out[key] = number
+    return out
 
 
 class Settings(BaseSettings):
@@ -133,6 +165,10 @@ class Settings(BaseSettings):
     stt_first_result_timeout: float = Field(default=2.0, gt=0, le=60)
     stt_stall_timeout: float = Field(default=3.0, gt=0, le=60)
     hedge_requests: bool = False
+    provider_budgets_usd: ProviderAmounts = Field(default_factory=dict)
+    provider_prices_usd: ProviderAmounts = Field(default_factory=dict)
+    budget_period: Literal["day", "month"] = "month"
+    prefer_cheapest: bool = False
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     drain_timeout: int = Field(default=540, ge=0, le=7200)
     load_threshold: float = Field(default=0.75, gt=0, le=1)
@@ -153,6 +189,11 @@ class Settings(BaseSettings):
     @classmethod
     def _tts(cls, v: Any) -> list[str]:
         return _split_providers(v, "tts")
+
+    @field_validator("provider_budgets_usd", "provider_prices_usd", mode="before")
+    @classmethod
+    def _amounts(cls, v: Any) -> dict[str, float]:
+        return _parse_amounts(v)
 
     @field_validator("encryption_key")
     @classmethod

@@ -16,6 +16,7 @@ _ALL_VARS = [
     "CARTESIA_BASE_URL", "CARTESIA_API_KEY", "OPENAI_API_KEY", "REDIS_URL", "LIVEKIT_URL",
     "METRICS_PORT", "DEEPGRAM_API_KEY", "OPENROUTER_API_KEY", "ELEVENLABS_API_KEY",
     "GOOGLE_API_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "LLM_FIRST_TOKEN_TIMEOUT",
+    "PROVIDER_BUDGETS_USD", "PROVIDER_PRICES_USD",
 ]  # fmt: skip
 
 
@@ -105,3 +106,29 @@ def test_bad_setting_stops_the_cli_with_exit_2_and_one_line(tmp_path: Path) -> N
         "Invalid setting TTS_PROVIDERS: names unknown TTS provider 'nonsense'; "
         "choose from cartesia, local-tts, elevenlabs, free-tts"
     ]
+
+
+def test_budgets_and_prices_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROVIDER_BUDGETS_USD", "tts:cartesia=50, llm:OpenAI=20.5")
+    monkeypatch.setenv("PROVIDER_PRICES_USD", "tts:elevenlabs=0.0003")
+    s = load_settings()
+    assert s.provider_budgets_usd == {"tts:cartesia": 50.0, "llm:openai": 20.5}
+    assert s.provider_prices_usd == {"tts:elevenlabs": 0.0003}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("cartesia=50", "names unknown provider 'cartesia'; write slot:provider"),
+        ("tts:cartesia", "entry 'tts:cartesia' has no '='"),
+        ("tts:cartesia=lots", "amount for tts:cartesia is not a number"),
+        ("tts:cartesia=-1", "amount for tts:cartesia is negative"),
+    ],
+)
+def test_bad_budget_names_the_problem(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    monkeypatch.setenv("PROVIDER_BUDGETS_USD", value)
+    with pytest.raises(SettingsError) as e:
+        load_settings()
+    assert str(e.value).startswith(f"Invalid setting PROVIDER_BUDGETS_USD: {expected}")
