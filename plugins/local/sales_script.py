@@ -1,0 +1,555 @@
+"""A deterministic sales conversation that carries a call when every cloud LLM is down.
+
+It keeps no state: every turn it re-reads the whole history (what LiveKit hands an LLM each
+turn, and what our provider simulators receive), so it picks up a call mid-way after a cloud
+LLM fails over to it, and two identical histories always get the same reply. The script greets,
+answers a small FAQ, collects the caller's name, phone, email and preferred call-back time one
+at a time (taking several at once, and corrections), reads them back, and on "yes" promises a
+call back. Replies are short plain sentences, written to be spoken.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
+from importlib import resources
+
+import phonenumbers
+
+from plugins.local.lead import Lead
+from plugins.local.lead_extraction import (
+    DEFAULT_REGION,
+    LEAD_FIELDS,
+    Extraction,
+    LeadField,
+    extract_all,
+    tokenize,
+)
+
+Message = tuple[str, str]
+"""(role, text) with role in {"system", "user", "assistant"}."""
+
+DEFAULT_COMPANY = "Acme Growth"  # the sales agent's default, so a failover keeps the name
+DEFAULT_AGENT_NAME = "Alex"
+DEFAULT_FAQ_RESOURCE = "default_faq.toml"
+
+_ROLES = frozenset({"system", "developer", "user", "assistant"})
+_UNSPEAKABLE = re.compile(r"[*#`_\[\]<>|]")
+
+_QUESTIONS: dict[LeadField, str] = {
+    "name": "May I have your name, please?",
+    "phone": "What's the best phone number to reach you?",
+    "email": "And what's your email address?",
+    "preferred_time": "When's a good time for us to call you back?",
+}
+_REASKS: dict[LeadField, str] = {
+    "name": "Sorry, I didn't catch that. Could you tell me your name once more?",
+    "phone": "Sorry, I didn't catch that. Could you say your phone number digit by digit, "
+    "with the area code?",
+    "email": "Sorry, I didn't get that. Could you say your email like john at example dot com?",
+    "preferred_time": "Sorry, when's a good time to call you? For example, tomorrow morning.",
+}
+_FIELD_WORDS: dict[LeadField, frozenset[str]] = {
+    "name": frozenset({"name", "spelling", "spelled"}),
+    "phone": frozenset({"phone", "number", "cell", "mobile"}),
+    "email": frozenset({"email", "e-mail", "mail", "address"}),
+    "preferred_time": frozenset({"time", "day", "when", "callback"}),
+}
+_READBACK_MARKERS = (
+    "did i get that right",
+    "is that correct",
+    "is that right",
+    "is that all correct",
+)
+_ANYTHING_ELSE_MARKERS = ("anything else",)
+_WHICH_TO_FIX_MARKER = "what should i fix"
+_FIELD_LABELS: dict[LeadField, str] = {
+    "name": "name",
+    "phone": "phone number",
+    "email": "email",
+    "preferred_time": "time to call",
+}
+_CUE_WORDS: dict[LeadField, frozenset[str]] = {
+    "name": frozenset({"name"}),
+    "phone": frozenset({"phone", "number"}),
+    "email": frozenset({"email"}),
+    "preferred_time": frozenset({"time", "when", "when's"}),
+}
+_QUESTION_STARTS = frozenset(
+    {"what", "what's", "whats", "how", "do", "does", "can", "could", "is", "are", "why"}
+    | {"where", "who", "will", "which", "would", "should"}
+)
+_VAGUE_TIMES = frozenset({"whenever", "anytime", "any time", "asap"})
+
+_YES = frozenset(
+    {"yes", "yeah", "yep", "yup", "yea", "correct", "right", "sure", "exactly", "perfect"}
+    | {"absolutely", "definitely", "affirmative", "ok", "okay", "alright", "great", "good"}
+    | {"fine", "certainly", "indeed", "confirmed", "confirm"}
+)
+_NO = frozenset(
+    {"no", "nope", "nah", "wrong", "incorrect", "not", "don't", "dont", "isn't", "wait"}
+    | {"actually", "change", "fix", "mistake", "rather", "skip", "none", "without"}
+)
+_DECLINE = frozenset(
+    {"no", "nope", "nah", "rather", "skip", "don't", "dont", "none", "without", "not", "won't"}
+)
+_BYE = (
+    ("bye",),
+    ("goodbye",),
+    ("that's", "all"),
+    ("thats", "all"),
+    ("that's", "it"),
+    ("nothing", "else"),
+    ("no", "thanks"),
+    ("no", "thank", "you"),
+    ("have", "a", "good"),
+    ("have", "a", "great"),
+    ("hang", "up"),
+)
+_NOT_INTERESTED = (
+    ("not", "interested"),
+    ("stop", "calling"),
+    ("remove", "me"),
+    ("do", "not", "call"),
+    ("don't", "call"),
+    ("take", "me", "off"),
+)
+_HELLO = frozenset({"hi", "hello", "hey", "morning", "afternoon", "evening", "there", "good"})
+
+
+def load_faq(path: str | None = None) -> dict[str, str]:
+    """The FAQ from a TOML file with a ``[faq]`` table (default: the one shipped with us)."""
+    if path is None:
+        text = resources.files("plugins.local").joinpath(DEFAULT_FAQ_RESOURCE).read_text("utf-8")
+        source = f"plugins/local/{DEFAULT_FAQ_RESOURCE}"
+    else:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        source = path
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"FAQ file {source} is not valid TOML: {exc}") from exc
+    faq = data.get("faq")
+    if not isinstance(faq, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in faq.items()
+    ):
+        raise ValueError(
+            f"FAQ file {source} needs a [faq] table of "
+            '"trigger, other trigger" = "spoken answer" string pairs'
+        )
+    return dict(faq)
+
+
+@cache
+def _default_faq() -> tuple[tuple[str, str], ...]:
+    return tuple(load_faq().items())
+
+
+@dataclass(frozen=True)
+class _FaqEntry:
+    topic: str
+    triggers: tuple[tuple[str, ...], ...]
+    answer: str
+
+
+@dataclass
+class _Conversation:
+    """What the history says so far, rebuilt from scratch every turn."""
+
+    values: dict[LeadField, str] = field(default_factory=dict)
+    declined: set[LeadField] = field(default_factory=set)
+    confirmed_values: dict[LeadField, str] | None = None
+    topics: list[str] = field(default_factory=list)
+    user_turns: int = 0
+    last_user: str = ""
+    last_extraction: Extraction = field(default_factory=Extraction)
+    last_assistant: str = ""  # the assistant turn right before the last user turn
+    assistant_spoke: bool = False
+    asked_any: bool = False  # some assistant turn already asked for a detail
+    pressed_to_stay: bool = False  # some assistant turn already said "before you go"
+    ends_with_assistant: bool = False
+
+    @property
+    def missing(self) -> list[LeadField]:
+        return [f for f in LEAD_FIELDS if f not in self.values and f not in self.declined]
+
+    @property
+    def contactable(self) -> bool:
+        return "phone" in self.values or "email" in self.values
+
+    @property
+    def confirmed(self) -> bool:
+        return self.confirmed_values is not None and self.confirmed_values == self.values
+
+
+class SalesScript:
+    """The scripted sales responder: ``reply(history)`` -> the next thing the agent says."""
+
+    def __init__(
+        self,
+        faq: Mapping[str, str] | None = None,
+        company: str = DEFAULT_COMPANY,
+        agent_name: str = DEFAULT_AGENT_NAME,
+        region: str = DEFAULT_REGION,
+    ) -> None:
+        if not company.strip():
+            raise ValueError("company must be a non-empty name the agent can say")
+        if not agent_name.strip():
+            raise ValueError("agent_name must be a non-empty name the agent can say")
+        if region.strip().upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(
+                f"unknown phone region {region!r}: use a two-letter ISO 3166 country code "
+                "such as 'US' or 'GB'"
+            )
+        self.company = company.strip()
+        self.agent_name = agent_name.strip()
+        self.region = region.strip().upper()
+        source = dict(_default_faq()) if faq is None else dict(faq)
+        self._faq = [self._faq_entry(k, v) for k, v in source.items()]
+
+    def _faq_entry(self, key: str, answer: str) -> _FaqEntry:
+        triggers = tuple(
+            tuple(t.low for t in tokenize(phrase)) for phrase in key.split(",") if phrase.strip()
+        )
+        if not triggers or not all(triggers):
+            raise ValueError(
+                f"FAQ key {key!r} has no trigger words: use comma-separated phrases "
+                'like "price, pricing, how much"'
+            )
+        try:
+            spoken = answer.format(company=self.company, agent_name=self.agent_name).strip()
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"FAQ answer for {key!r} has a bad placeholder ({exc}): "
+                "only {company} and {agent_name} are filled in"
+            ) from exc
+        if not spoken:
+            raise ValueError(f"FAQ answer for {key!r} is empty: give the sentence to say")
+        if _UNSPEAKABLE.search(spoken):
+            raise ValueError(
+                f"FAQ answer for {key!r} contains markup symbols: write plain spoken sentences"
+            )
+        return _FaqEntry(topic=" ".join(triggers[0]), triggers=triggers, answer=spoken)
+
+    # --- public API -----------------------------------------------------------------------
+
+    def reply(self, messages: Sequence[Message]) -> str:
+        """The agent's next line for this history. Deterministic; never empty."""
+        conv = self._read(messages)
+        return " ".join(part for part in self._compose(conv) if part)
+
+    def lead(self, messages: Sequence[Message]) -> Lead:
+        """The lead as the history stands (latest correction wins)."""
+        conv = self._read(messages)
+        return Lead(
+            name=conv.values.get("name"),
+            phone=conv.values.get("phone"),
+            email=conv.values.get("email"),
+            preferred_time=conv.values.get("preferred_time"),
+            notes=[f"asked about {topic}" for topic in conv.topics],
+        )
+
+    def confirmed(self, messages: Sequence[Message]) -> bool:
+        """Whether the caller said yes to a read-back of exactly the details now on file."""
+        conv = self._read(messages)
+        return conv.confirmed and conv.contactable
+
+    # --- reading the history --------------------------------------------------------------
+
+    def _read(self, messages: Sequence[Message]) -> _Conversation:
+        conv = _Conversation()
+        previous_assistant = ""
+        for index, message in enumerate(messages):
+            if not (isinstance(message, tuple | list) and len(message) == 2):
+                raise TypeError(f"message {index} must be a (role, text) tuple, got {message!r}")
+            role, text = message
+            if role not in _ROLES:
+                raise ValueError(
+                    f"message {index} has role {role!r}: use 'system', 'user' or 'assistant'"
+                )
+            if role in ("system", "developer"):
+                continue
+            if role == "assistant":
+                previous_assistant = text
+                conv.assistant_spoke = True
+                conv.asked_any = conv.asked_any or _asked_field(text) is not None
+                conv.pressed_to_stay = conv.pressed_to_stay or text.startswith("Before you go")
+                conv.ends_with_assistant = True
+                continue
+            conv.ends_with_assistant = False
+            self._read_user_turn(conv, text, previous_assistant)
+        return conv
+
+    def _read_user_turn(self, conv: _Conversation, text: str, asked_by: str) -> None:
+        readback = _is_readback(asked_by)
+        asked = None if readback else _asked_field(asked_by)
+        words = [t.low for t in tokenize(text)]
+        correcting = readback and bool(_NO.intersection(words))
+        expecting: set[LeadField] = set()
+        if asked is not None:
+            expecting.add(asked)
+        if correcting:
+            expecting.update({"name", "preferred_time"})
+        extraction = extract_all(text, expecting=expecting, region=self.region)
+        for name in extraction.found():
+            value = getattr(extraction, name)
+            conv.values[name] = value
+            conv.declined.discard(name)
+        if _DECLINE.intersection(words) and not _YES.intersection(words) and not readback:
+            named = _named_field(words)
+            declined = named or asked
+            if declined is not None and not extraction.found():
+                conv.declined.add(declined)
+        if readback and not extraction.found() and _is_yes(words):
+            conv.confirmed_values = dict(conv.values)
+        for entry in self._faq_matches(words):
+            if entry.topic not in conv.topics:
+                conv.topics.append(entry.topic)
+        conv.user_turns += 1
+        conv.last_user = text
+        conv.last_extraction = extraction
+        conv.last_assistant = asked_by
+
+    # --- composing the reply --------------------------------------------------------------
+
+    def _compose(self, conv: _Conversation) -> list[str]:
+        if conv.user_turns == 0:
+            return [self._greeting(), "How can I help you today?"]
+        if conv.ends_with_assistant:
+            return [self._next_step(conv)]
+        words = [t.low for t in tokenize(conv.last_user)]
+        found = conv.last_extraction.found()
+        faq_answers = [e.answer for e in self._faq_matches(words)][:2]
+        before = conv.last_assistant.lower()
+
+        if _has_phrase(words, _NOT_INTERESTED):
+            return ["No problem at all. Thanks for your time, and have a great day. Goodbye."]
+        if not found and not faq_answers and self._wants_to_leave(conv, words):
+            return self._farewell_or_last_ask(conv)
+
+        parts: list[str] = []
+        if not conv.assistant_spoke:
+            parts.append(self._greeting())
+        if found:
+            parts.append(self._acknowledge(conv, found))
+        parts.extend(faq_answers)
+        if found or faq_answers:
+            parts.append(self._next_step(conv))
+            return parts
+
+        # nothing new: answer what the caller's reply to our last line means
+        if _is_readback(before):
+            if _is_yes(words) and conv.confirmed:
+                return [*parts, self._promise(conv), "Is there anything else I can help with?"]
+            if _NO.intersection(words):
+                return [*parts, self._which_to_fix(words)]
+            return [*parts, "Sorry, was that a yes?", self._readback(conv)]
+        if _WHICH_TO_FIX_MARKER in before and (named := _named_field(words)) is not None:
+            return [*parts, f"Sure. What's the correct {_FIELD_LABELS[named]}?"]
+        if any(m in before for m in _ANYTHING_ELSE_MARKERS) and _is_yes(words):
+            return [*parts, "Sure, what would you like to know?"]
+        if words and words[0] in _QUESTION_STARTS and not (_named_field(words) and conv.missing):
+            parts.append(
+                "That's a good question for our specialist, who can go through it with you."
+            )
+            parts.append(self._next_step(conv))
+            return parts
+        asked = _asked_field(before)
+        greeting_only = not conv.assistant_spoke and bool(words) and set(words) <= _HELLO
+        if asked is not None and asked in conv.missing and not greeting_only:
+            return [*parts, _REASKS[asked]]
+        parts.append(self._next_step(conv))
+        return parts
+
+    def _greeting(self) -> str:
+        return f"Hi, thanks for calling {self.company}. This is {self.agent_name}."
+
+    def _next_step(self, conv: _Conversation) -> str:
+        if conv.confirmed and conv.contactable:
+            return "Is there anything else I can help with?"
+        missing = conv.missing
+        if missing:
+            question = _QUESTIONS[missing[0]]
+            if not conv.values and not conv.declined and not conv.asked_any:
+                return f"I'd be happy to set up a call back with one of our specialists. {question}"
+            if missing[0] == "email" and "phone" in conv.declined:
+                return "No problem. Then what's your email address?"
+            return question
+        if not conv.contactable:
+            return (
+                "Without a phone number or an email we can't call you back, but you're welcome "
+                "to call us any time. Is there anything else I can help with?"
+            )
+        return self._readback(conv)
+
+    def _readback(self, conv: _Conversation, opening: str = "Let me read that back") -> str:
+        items: list[str] = []
+        if "name" in conv.values:
+            items.append(f"your name is {conv.values['name']}")
+        if "phone" in conv.values:
+            items.append(f"your number is {_speak_phone(conv.values['phone'], self.region)}")
+        if "email" in conv.values:
+            items.append(f"your email is {_speak_email(conv.values['email'])}")
+        if "preferred_time" in conv.values:
+            items.append(f"the best time to call is {conv.values['preferred_time']}")
+        listed = items[0] if len(items) == 1 else f"{', '.join(items[:-1])}, and {items[-1]}"
+        return f"{opening}: {listed}. Did I get that right?"
+
+    def _acknowledge(self, conv: _Conversation, found: tuple[LeadField, ...]) -> str:
+        if _is_readback(conv.last_assistant) or conv.confirmed_values is not None:
+            return "Thanks for the correction."
+        if "name" in found:
+            return f"Thanks, {_first_name(conv.values['name'])}."
+        return "Got it, thanks."
+
+    def _promise(self, conv: _Conversation) -> str:
+        name = conv.values.get("name")
+        thanks = f"Perfect, thank you {_first_name(name)}." if name else "Perfect, thank you."
+        when = conv.values.get("preferred_time", "as soon as possible")
+        if when in _VAGUE_TIMES:
+            when = "as soon as possible"
+        return f"{thanks} One of our specialists will call you back {when}."
+
+    def _which_to_fix(self, words: Sequence[str]) -> str:
+        named = _named_field(words)
+        if named is not None:
+            return f"Sorry about that. What's the correct {_FIELD_LABELS[named]}?"
+        return (
+            "Sorry about that. What should I fix: the name, the phone number, "
+            "the email, or the time?"
+        )
+
+    def _wants_to_leave(self, conv: _Conversation, words: Sequence[str]) -> bool:
+        if _has_phrase(words, _BYE):
+            return True
+        after_anything_else = any(m in conv.last_assistant.lower() for m in _ANYTHING_ELSE_MARKERS)
+        return (
+            after_anything_else and bool(_NO.intersection(words)) and not _YES.intersection(words)
+        )
+
+    def _farewell_or_last_ask(self, conv: _Conversation) -> list[str]:
+        name = conv.values.get("name")
+        farewell = (
+            f"Thanks for calling {self.company}"
+            + (f", {_first_name(name)}" if name else "")
+            + ". Have a great day. Goodbye."
+        )
+        if conv.confirmed or conv.pressed_to_stay or not conv.missing:
+            return [farewell]
+        if conv.contactable:
+            return [self._readback(conv, opening="Before you go, let me read back")]
+        return [
+            "Before you go, could I get a phone number so one of our specialists can follow up?"
+        ]
+
+    def _faq_matches(self, words: Sequence[str]) -> list[_FaqEntry]:
+        scored: list[tuple[int, int, _FaqEntry]] = []
+        for order, entry in enumerate(self._faq):
+            best = 0
+            position = len(words)
+            for trigger in entry.triggers:
+                at = _find_phrase(words, trigger)
+                if at is not None and len(trigger) > best:
+                    best, position = len(trigger), at
+            if best:
+                scored.append((position, order, entry))
+        return [entry for _, _, entry in sorted(scored, key=lambda s: (s[0], s[1]))]
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=65536)
+def _word_matches(heard: str, trigger: str) -> bool:
+    if heard == trigger:
+        return True
+    if len(trigger) < 6 or abs(len(heard) - len(trigger)) > 2:
+        return False
+    return difflib.SequenceMatcher(None, heard, trigger).ratio() >= 0.84
+
+
+def _find_phrase(words: Sequence[str], phrase: Sequence[str]) -> int | None:
+    for i in range(len(words) - len(phrase) + 1):
+        if all(_word_matches(words[i + k], p) for k, p in enumerate(phrase)):
+            return i
+    return None
+
+
+def _has_phrase(words: Sequence[str], phrases: Sequence[Sequence[str]]) -> bool:
+    return any(_find_phrase(words, p) is not None for p in phrases)
+
+
+def _is_yes(words: Sequence[str]) -> bool:
+    return bool(_YES.intersection(words)) and not _NO.intersection(words)
+
+
+def _last_question(text: str) -> str:
+    sentences = [s for s in re.split(r"(?<=[.?!])\s+", text.strip()) if s.endswith("?")]
+    return sentences[-1].lower() if sentences else ""
+
+
+def _is_readback(text: str) -> bool:
+    question = _last_question(text)
+    return any(marker in question for marker in _READBACK_MARKERS)
+
+
+def _asked_field(text: str) -> LeadField | None:
+    """Which single detail the agent's last question asked for, judged by its words.
+
+    Works on other LLMs' phrasing too ("and what number can we reach you on?"), since a cloud
+    LLM may have asked the question this script now hears answered.
+    """
+    question = _last_question(text)
+    if not question or "else" in question or _WHICH_TO_FIX_MARKER in question:
+        return None
+    words = [t.low for t in tokenize(question)]
+    hits = {name for name, cues in _CUE_WORDS.items() if cues.intersection(words)}
+    return hits.pop() if len(hits) == 1 else None
+
+
+def _named_field(words: Sequence[str]) -> LeadField | None:
+    """The one detail a caller's words name ("the email is wrong"), if exactly one."""
+    hits = {name for name, cues in _FIELD_WORDS.items() if cues.intersection(words)}
+    return hits.pop() if len(hits) == 1 else None
+
+
+def _first_name(name: str | None) -> str:
+    return name.split()[0] if name else ""
+
+
+def _speak_phone(e164: str, region: str) -> str:
+    """Say "+15551234567" as "five five five, one two three, ...", grouped as written.
+
+    Words, not digits, so every TTS in the chain reads them one by one the same way.
+    """
+    parsed = phonenumbers.parse(e164, region)
+    own_country = parsed.country_code == phonenumbers.country_code_for_region(region)
+    style = (
+        phonenumbers.PhoneNumberFormat.NATIONAL
+        if own_country
+        else phonenumbers.PhoneNumberFormat.INTERNATIONAL
+    )
+    written = phonenumbers.format_number(parsed, style)
+    groups = re.findall(r"\+?\d+", written)
+    spoken = [
+        ("plus " if g.startswith("+") else "")
+        + " ".join(_DIGIT_WORDS[int(d)] for d in g.lstrip("+"))
+        for g in groups
+    ]
+    return ", ".join(spoken)
+
+
+_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def _speak_email(email: str) -> str:
+    spoken = email.replace("@", " at ").replace(".", " dot ")
+    return spoken.replace("_", " underscore ").replace("-", " dash ")
+
+
+__all__ = ["DEFAULT_AGENT_NAME", "DEFAULT_COMPANY", "Message", "SalesScript", "load_faq"]
