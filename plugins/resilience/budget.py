@@ -118,10 +118,8 @@ class BudgetedStore:
     async def set_override(self, key: str, state: BreakerState | None) -> None:
         await self._inner.set_override(key, state)
 
-    async def register(self, key: str, fingerprint: str) -> None:
-        register = getattr(self._inner, "register", None)
-        if register is not None:
-            await register(key, fingerprint)
+    async def register(self, key: str, fingerprint: str) -> BreakerState:
+        return await self._inner.register(key, fingerprint)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -114,6 +114,11 @@ class HealthStore(Protocol):
 
     async def set_override(self, key: str, state: BreakerState | None) -> None: ...
 
+    async def register(self, key: str, fingerprint: str) -> BreakerState:
+        """Record which key (a hash of it, never the key) is configured; a key rejected under
+        another fingerprint is lifted."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
