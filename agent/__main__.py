@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     from agent.logs import configure_logging
     from agent.worker import create_server
 
-    configure_logging(fmt=settings.log_format, level=settings.log_level, production=command == "start")
+    configure_logging(
+        fmt=settings.log_format, level=settings.log_level, production=command == "start"
+    )
     sys.argv = [sys.argv[0], *args]
     cli.run_app(create_server(settings))
     return 0

@@ -15,7 +15,9 @@ def load_instructions(
 ) -> str:
     """Prompts live in files so that sales teams can edit them without touching code."""
     template = (prompt_file or PROMPT_DIR / "sales_agent.md").read_text(encoding="utf-8")
-    context = f"\nWhat we already know about this caller: {caller_context}" if caller_context else ""
+    context = (
+        f"\nWhat we already know about this caller: {caller_context}" if caller_context else ""
+    )
     return template.format(company=company, caller_context=context)
 
 

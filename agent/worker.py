@@ -75,7 +75,9 @@ def create_server(settings: Settings) -> AgentServer:
             cfg, vad=ctx.proc.userdata["vad"], call_id=ctx.job.id
         )
         await session.start(
-            agent=SalesAgent(greeting="Hi, this is Alex from Acme Growth. How can I help you today?"),
+            agent=SalesAgent(
+                greeting="Hi, this is Alex from Acme Growth. How can I help you today?"
+            ),
             room=ctx.room,
         )
         await ctx.connect()

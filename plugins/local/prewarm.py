@@ -23,4 +23,6 @@ def prewarm_local_providers(names: Iterable[str]) -> None:
         from plugins.local.sphinx_stt import SphinxEngine
 
         SphinxEngine.shared()
-    log.info("local providers loaded", providers=sorted(wanted & {"local-tts", "free-tts", "free-stt"}))
+    log.info(
+        "local providers loaded", providers=sorted(wanted & {"local-tts", "free-tts", "free-stt"})
+    )
