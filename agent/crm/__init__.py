@@ -1,0 +1,1 @@
+"""GoHighLevel (LeadConnector API v2) CRM: client, rate limiting, argument checks and agent tools."""
