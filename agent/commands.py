@@ -21,5 +21,7 @@ def run(command: str, argv: list[str], settings: Settings) -> int:
     if command == "journal":
         from agent.journal import cli as journal_cli
 
-        return journal_cli.run(argv, settings)
+        return journal_cli.run(
+            argv, data_dir=settings.data_dir, encryption_key=settings.secret("encryption_key")
+        )
     raise ValueError(f"unknown command {command!r}")
