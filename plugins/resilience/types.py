@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
-class FailureKind(str, enum.Enum):
+class FailureKind(enum.StrEnum):
     """Why an attempt failed; decides what the breaker does with it."""
 
     QUOTA_EXHAUSTED = "quota_exhausted"  # 402, quota messages: long cooldown or until reset
@@ -43,7 +43,7 @@ class Failure:
     reset_at: float | None = None  # epoch seconds when a quota resets, if the provider said
 
 
-class BreakerState(str, enum.Enum):
+class BreakerState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

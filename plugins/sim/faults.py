@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 
-class FaultType(str, enum.Enum):
+class FaultType(enum.StrEnum):
     STATUS = "status"  # HTTP status (401/403/429/500/502/503...) with the provider's real body
     QUOTA = "quota"  # the provider's own quota error (402, ElevenLabs quota_exceeded...)
     IN_BAND_ERROR = "in_band_error"  # error frame / error object inside a successful response
@@ -142,6 +142,18 @@ class FaultPlan:
             if fault is not None:
                 self._quota_fault = fault
         return self
+
+    def charge(self, units: float) -> None:
+        """Count usage that arrives after this request's fault was decided (a stream's later
+        sentences or seconds) without consulting the plan again."""
+        with self._lock:
+            if self._quota_limit is not None:
+                self._quota_used += units
+
+    def quota(self) -> tuple[float, float | None]:
+        """(units used, limit or None): what a provider's usage API would report."""
+        with self._lock:
+            return self._quota_used, self._quota_limit
 
     def clear(self) -> None:
         with self._lock:

@@ -1,0 +1,221 @@
+"""The library entry point: provider specs in, three LiveKit ``FallbackAdapter`` objects out.
+
+``build_chains(specs, store)`` returns plain LiveKit STT/LLM/TTS objects that any LiveKit app
+can hand to ``AgentSession``. Each cloud provider is wrapped in a guard (shared breaker,
+deadlines, classification, metering) and gets a background prober; each chain ends on the
+slot's local provider, which needs no network and no key and is never guarded off, so a
+caller always hears an answer. A provider whose key is missing is skipped with one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from livekit.agents import llm, stt, tts
+from livekit.agents import vad as lk_vad
+
+from plugins.catalog import (
+    CATALOG,
+    FLOOR,
+    BuildContext,
+    CatalogEntry,
+    ProviderUnusableError,
+    entry_for,
+    has_key,
+)
+from plugins.resilience.breaker import key_fingerprint
+from plugins.resilience.deadlines import DEFAULT_DEADLINES, AdaptiveDeadline, DeadlineSettings
+from plugins.resilience.errors import ResponseTap
+from plugins.resilience.guard import Guard
+from plugins.resilience.guard_llm import GuardedLLM
+from plugins.resilience.guard_stt import GuardedSTT
+from plugins.resilience.guard_tts import GuardedTTS
+from plugins.resilience.probes import Prober
+from plugins.resilience.types import GuardObserver, HealthStore
+from plugins.spec import ProviderSpec, Slot
+
+log = structlog.get_logger(__name__)
+
+Guarded = GuardedSTT | GuardedLLM | GuardedTTS
+
+
+@dataclass
+class Chains:
+    """The three chains, plus what was built into them (for status, tests and shutdown)."""
+
+    stt: stt.FallbackAdapter
+    llm: llm.FallbackAdapter
+    tts: tts.FallbackAdapter
+    order: dict[Slot, list[str]] = field(default_factory=dict)  # provider keys, in order
+    skipped: dict[str, str] = field(default_factory=dict)  # provider key -> why
+    guards: dict[str, Guarded] = field(default_factory=dict)
+    probers: dict[str, Prober] = field(default_factory=dict)
+    http_sessions: list[aiohttp.ClientSession] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for prober in self.probers.values():
+            await prober.aclose()
+        for guarded in self.guards.values():
+            await guarded.guard.drain()
+        await self.stt.aclose()
+        await self.llm.aclose()
+        await self.tts.aclose()
+        for guarded in self.guards.values():
+            await guarded.aclose()
+        for session in self.http_sessions:
+            await session.close()
+
+
+def build_chains(
+    specs: Sequence[ProviderSpec],
+    store: HealthStore,
+    *,
+    vad: lk_vad.VAD | None = None,
+    observers: Iterable[GuardObserver] = (),
+    deadlines: Mapping[Slot, DeadlineSettings] | None = None,
+    clock: Callable[[], float] = time.time,
+    probes: bool = True,
+    llm_attempt_timeout: float = 5.0,
+) -> Chains:
+    """Build the STT, LLM and TTS chains in the order the specs give.
+
+    ``vad`` is needed for non-streaming STT (Whisper); without it those are skipped.
+    ``clock`` must be the store's clock (probers turn its ``open_until`` into sleeps).
+    ``probes=False`` leaves recovery to explicit ``Chains.probers[key].try_probe()`` calls.
+    """
+    observer_list = list(observers)
+    limits = {**DEFAULT_DEADLINES, **(deadlines or {})}
+    chains: dict[Slot, list[stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any]]] = {
+        "stt": [],
+        "llm": [],
+        "tts": [],
+    }
+    order: dict[Slot, list[str]] = {"stt": [], "llm": [], "tts": []}
+    skipped: dict[str, str] = {}
+    guards: dict[str, Guarded] = {}
+    probers: dict[str, Prober] = {}
+    sessions: list[aiohttp.ClientSession] = []
+
+    for slot in ("stt", "llm", "tts"):
+        slot_specs = _ordered(slot, specs)
+        for spec in slot_specs:
+            entry = entry_for(spec)
+            if spec.key in order[slot]:
+                log.warning("provider listed twice; using the first", provider=spec.key)
+                continue
+            if not has_key(entry, spec):
+                reason = f"no key ({entry.key_hint or 'api key'} not set)"
+                skipped[spec.key] = reason
+                log.info("provider skipped", provider=spec.key, reason=reason)
+                continue
+            if not entry.streaming and vad is None:
+                reason = "non-streaming STT needs a VAD and none was given"
+                skipped[spec.key] = reason
+                log.info("provider skipped", provider=spec.key, reason=reason)
+                continue
+            tap = ResponseTap()
+            ctx = BuildContext(tap=tap)
+            if entry.uses_aiohttp and _loop_running():
+                session = aiohttp.ClientSession(trace_configs=[tap.aiohttp_trace()])
+                sessions.append(session)
+                ctx = BuildContext(http_session=session, tap=tap)
+            try:
+                plugin = entry.build(spec, ctx)
+            except (ProviderUnusableError, ValueError) as e:
+                skipped[spec.key] = str(e)
+                log.warning("provider skipped", provider=spec.key, reason=str(e))
+                continue
+            if entry.is_local and spec.name == FLOOR[slot]:
+                chains[slot].append(plugin)  # the floor is never guarded off
+                order[slot].append(spec.key)
+                continue
+            guard = Guard(
+                spec.key,
+                store,
+                deadline=AdaptiveDeadline(limits[slot]),
+                observers=observer_list,
+                secrets=(spec.api_key,),
+                fingerprint=key_fingerprint(spec.api_key) if entry.needs_key else None,
+                tap=tap,
+                price_per_unit_usd=_price(entry, spec),
+            )
+            guarded = _wrap(entry, plugin, guard)
+            guards[spec.key] = guarded
+            probers[spec.key] = Prober(guard, guarded.probe, clock=clock, auto=probes)
+            member: stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any] = guarded
+            if isinstance(guarded, GuardedSTT) and not entry.streaming:
+                assert vad is not None
+                member = stt.StreamAdapter(stt=guarded, vad=vad)
+            chains[slot].append(member)
+            order[slot].append(spec.key)
+
+    stt_chain = [c for c in chains["stt"] if isinstance(c, stt.STT)]
+    llm_chain = [c for c in chains["llm"] if isinstance(c, llm.LLM)]
+    tts_chain = [c for c in chains["tts"] if isinstance(c, tts.TTS)]
+    log.info("chains built", **{slot: " > ".join(keys) for slot, keys in order.items()})
+    return Chains(
+        stt=stt.FallbackAdapter(stt_chain, vad=vad, max_retry_per_stt=0),
+        llm=llm.FallbackAdapter(
+            llm_chain, attempt_timeout=llm_attempt_timeout, max_retry_per_llm=0
+        ),
+        tts=tts.FallbackAdapter(tts_chain, max_retry_per_tts=0),
+        order=order,
+        skipped=skipped,
+        guards=guards,
+        probers=probers,
+        http_sessions=sessions,
+    )
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _price(entry: CatalogEntry, spec: ProviderSpec) -> float:
+    """``extra["price_per_unit_usd"]`` overrides the catalog's list price."""
+    raw = spec.extra.get("price_per_unit_usd")
+    if raw is None or raw == "":
+        return entry.price_per_unit_usd
+    try:
+        price = float(raw)
+    except ValueError:
+        raise ProviderUnusableError(
+            f"{spec.key}: price_per_unit_usd={raw!r} is not a number (USD per {entry.cost_unit})"
+        ) from None
+    if price < 0:
+        raise ProviderUnusableError(f"{spec.key}: price_per_unit_usd must be >= 0, got {price}")
+    return price
+
+
+def _ordered(slot: Slot, specs: Sequence[ProviderSpec]) -> list[ProviderSpec]:
+    """The slot's specs in order, local ones moved last, the floor added when missing."""
+    mine = [s for s in specs if s.slot == slot]
+    for s in mine:
+        entry_for(s)  # unknown names fail loudly, naming the choices
+    cloud = [s for s in mine if not CATALOG[s.key].is_local]
+    local = [s for s in mine if CATALOG[s.key].is_local]
+    floor = FLOOR[slot]
+    local.sort(key=lambda s: s.name == floor)  # the floor ends the chain
+    if not any(s.name == floor for s in local):
+        local.append(ProviderSpec(slot=slot, name=floor))
+    return cloud + local
+
+
+def _wrap(
+    entry: CatalogEntry, plugin: stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any], guard: Guard
+) -> Guarded:
+    if isinstance(plugin, llm.LLM):
+        return GuardedLLM(plugin, guard, probe_kwargs=entry.probe_kwargs)
+    if isinstance(plugin, tts.TTS):
+        return GuardedTTS(plugin, guard)
+    return GuardedSTT(plugin, guard)

@@ -1,0 +1,287 @@
+"""What every guard does around one attempt, whatever the slot.
+
+Before: ask the shared store (fail at once, no network, when it says no). During: the slot
+modules (``guard_llm``, ``guard_tts``, ``guard_stt``) read the plugin's stream through
+:func:`pump` under a deadline. After: classify, record the outcome, latency and usage in the
+store, tell the observers. Recording after an answer happens in the background so the
+caller's stream ends as soon as the provider's does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from typing import Generic, TypeVar
+
+import structlog
+
+from plugins.resilience.deadlines import AdaptiveDeadline
+from plugins.resilience.errors import (
+    ClassifiedError,
+    DeadlineExceededError,
+    ProviderUnavailableError,
+    ResponseTap,
+    classify,
+)
+from plugins.resilience.types import (
+    Admission,
+    BreakerState,
+    Failure,
+    FailureKind,
+    GuardObserver,
+    HealthStore,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Units the guards meter, one per slot.
+UNIT_LLM = "tokens"
+UNIT_TTS = "characters"
+UNIT_STT = "audio_seconds"
+UNIT_USD = "usd"  # cost at the catalog's (or settings') price per unit
+
+
+class Guard:
+    """Per-provider guard logic shared by the three slot wrappers.
+
+    ``prober`` (optional) takes over the half-open probe slot: a caller's real request never
+    serves as the probe; it fails over at once and a synthetic request probes instead.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        store: HealthStore,
+        *,
+        deadline: AdaptiveDeadline,
+        observers: Sequence[GuardObserver] = (),
+        secrets: Iterable[str | None] = (),
+        fingerprint: str | None = None,
+        tap: ResponseTap | None = None,
+        admit_cache_s: float = 0.5,
+        price_per_unit_usd: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.key = key
+        self.store = store
+        self.deadline = deadline
+        self.observers = list(observers)
+        self.secrets = tuple(s for s in secrets if s)
+        self._background: set[asyncio.Task[None]] = set()
+        self.prober: ProbeHook | None = None
+        self._warned_key = False
+        self._fingerprint = fingerprint
+        self.tap = tap
+        # A CLOSED answer is reused for ``admit_cache_s`` so the happy path does not wait on
+        # the store (whose thread may be busy writing the previous outcome). Any failure seen
+        # here drops it; a trip learned by another process is seen within that time.
+        self._admit_cache_s = admit_cache_s
+        self._clock = clock
+        self._closed_until = 0.0
+        self.price_per_unit_usd = price_per_unit_usd
+
+    # -- before ----------------------------------------------------------------------------
+    def started(self) -> float:
+        """Mark the start of an attempt (for reading the response tap afterwards)."""
+        return self.tap.now() if self.tap is not None else 0.0
+
+    async def admit(self) -> Admission:
+        """Admission for a caller's request; raises ProviderUnavailableError when refused."""
+        if self._fingerprint is not None:
+            await self.register()
+        if self._clock() < self._closed_until:
+            self.notify("on_attempt", self.key, is_probe=False)
+            return _CACHED_CLOSED
+        admission = await self.store.admit(self.key)
+        if admission.allowed and admission.is_probe and self.prober is not None:
+            self.prober.take_probe(admission)
+            admission = Admission(
+                allowed=False,
+                state=BreakerState.HALF_OPEN,
+                reason="half-open: a synthetic probe is checking it",
+                until=admission.until,
+            )
+        if not admission.allowed:
+            self.notify("on_skip", self.key, admission)
+            if self.prober is not None and admission.state is not BreakerState.KEY_REJECTED:
+                self.prober.schedule(admission.until)
+            raise ProviderUnavailableError(
+                self.key, admission.reason or admission.state.value, until=admission.until
+            )
+        if admission.state is BreakerState.CLOSED and not admission.is_probe:
+            self._closed_until = self._clock() + self._admit_cache_s
+        self.notify("on_attempt", self.key, is_probe=admission.is_probe)
+        return admission
+
+    async def register(self) -> None:
+        """Tell a store that tracks key fingerprints which key is configured (once).
+
+        A KEY_REJECTED breaker stays off until a *different* key is registered, so fixing the
+        key and restarting brings the provider back. Stores without ``register`` are fine.
+        """
+        fingerprint, self._fingerprint = self._fingerprint, None
+        register = getattr(self.store, "register", None)
+        if fingerprint is not None and register is not None:
+            await register(self.key, fingerprint)
+
+    # -- after -----------------------------------------------------------------------------
+    def succeeded(self, latency_s: float | None) -> None:
+        if latency_s is not None:
+            self.deadline.observe(latency_s)
+        self.notify("on_success", self.key, latency_s=latency_s)
+        self.spawn(self.store.record_success(self.key, latency_s=latency_s))
+
+    def classify(self, exc: BaseException, since: float = 0.0) -> Failure:
+        response = self.tap.recent(since) if self.tap is not None else None
+        return classify(exc, secrets=self.secrets, response=response)
+
+    async def failed(self, exc: BaseException, since: float = 0.0) -> ClassifiedError:
+        """Classify and record a failed attempt; returns the error to raise to the chain."""
+        failure = self.classify(exc, since)
+        await self.record_failure(failure)
+        return ClassifiedError(self.key, failure)
+
+    async def record_failure(self, failure: Failure) -> BreakerState:
+        if failure.kind.counts_against_health:
+            self._closed_until = 0.0
+        state = await self.store.record_failure(self.key, failure)
+        self.notify("on_failure", self.key, failure, state)
+        if failure.kind is FailureKind.KEY_REJECTED:
+            if not self._warned_key:
+                self._warned_key = True
+                log.error(
+                    "provider rejected its API key; it stays off until the key changes",
+                    provider=self.key,
+                    error=failure.message,
+                )
+        else:
+            log.warning(
+                "provider attempt failed",
+                provider=self.key,
+                kind=failure.kind.value,
+                status=failure.status,
+                breaker=state.value,
+                error=failure.message,
+            )
+        if state is BreakerState.OPEN and self.prober is not None:
+            self.prober.schedule(None)
+        return state
+
+    def usage(self, unit: str, amount: float) -> None:
+        if amount <= 0:
+            return
+        self.notify("on_usage", self.key, unit, amount)
+        self.spawn(self.store.add_usage(self.key, unit, amount))
+        if self.price_per_unit_usd > 0:
+            cost = amount * self.price_per_unit_usd
+            self.notify("on_usage", self.key, UNIT_USD, cost)
+            self.spawn(self.store.add_usage(self.key, UNIT_USD, cost))
+
+    # -- plumbing --------------------------------------------------------------------------
+    def spawn(self, coro: Awaitable[object]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("health store write failed", provider=self.key)
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background store writes (tests, shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    def notify(self, method: str, *args: object, **kwargs: object) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, method)(*args, **kwargs)
+            except Exception:
+                log.exception("guard observer failed", observer=type(observer).__name__)
+
+
+_CACHED_CLOSED = Admission(allowed=True, state=BreakerState.CLOSED, reason="cached")
+
+
+class ProbeHook:
+    """What the guard needs from a prober (see :mod:`plugins.resilience.probes`)."""
+
+    def take_probe(self, admission: Admission) -> None:
+        raise NotImplementedError
+
+    def schedule(self, at: float | None) -> None:
+        raise NotImplementedError
+
+
+# -- reading a plugin's stream under a deadline ----------------------------------------------
+
+_END = object()
+
+
+class Pump(Generic[T]):
+    """Reads an async iterable in its own task so a deadline can abandon it cleanly.
+
+    Waiting on a queue can be cancelled safely; cancelling a LiveKit stream's ``__anext__``
+    mid-flight cannot. On a deadline the reader task is cancelled and the inner stream closed.
+    """
+
+    def __init__(self, source: AsyncIterable[T]) -> None:
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._task = asyncio.create_task(self._read(source))
+
+    async def _read(self, source: AsyncIterable[T]) -> None:
+        try:
+            async for item in source:
+                self._queue.put_nowait(item)
+        except BaseException as e:
+            self._queue.put_nowait(_Raised(e))
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        self._queue.put_nowait(_END)
+
+    async def next(self, timeout: float | None) -> T | None:
+        """The next item, ``None`` at the end; raises TimeoutError or the source's error."""
+        if timeout is not None and timeout <= 0:
+            if self._queue.empty():
+                raise TimeoutError
+            item = self._queue.get_nowait()
+        else:
+            item = await asyncio.wait_for(self._queue.get(), timeout)
+        if item is _END:
+            return None
+        if isinstance(item, _Raised):
+            raise item.error
+        return item  # type: ignore[return-value]
+
+    async def aclose(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+
+
+class _Raised:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def deadline_error(
+    key: str, *, stalled: bool, waited_s: float, limit_s: float
+) -> DeadlineExceededError:
+    what = "stalled: no chunk" if stalled else "no first answer"
+    return DeadlineExceededError(
+        f"{key} {what} within {limit_s:.2f}s (waited {waited_s:.2f}s)",
+        stalled=stalled,
+        deadline_s=limit_s,
+    )
+
+
+Clock = Callable[[], float]
+monotonic: Clock = time.perf_counter

@@ -1,0 +1,193 @@
+"""``GuardedLLM``: any LiveKit LLM behind the shared breaker, a first-token deadline and metering.
+
+It is a plain ``llm.LLM``, so it goes into ``llm.FallbackAdapter`` (or straight into an
+``AgentSession``) like any plugin. The inner plugin is asked for no retries: a failed attempt
+is the chain's cue to move on, not the provider's to try again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any, Never
+
+from livekit.agents import APIConnectOptions, llm
+from livekit.agents.llm import ChatChunk, ChatContext, Tool, ToolChoice
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+
+from plugins.resilience.errors import EmptyResultError, ProviderUnavailableError
+from plugins.resilience.guard import UNIT_LLM, Guard, Pump, deadline_error
+
+
+class GuardedLLM(llm.LLM[Never]):
+    def __init__(
+        self, inner: llm.LLM[Any], guard: Guard, *, probe_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        self.inner = inner
+        self.guard = guard
+        self.probe_kwargs = dict(probe_kwargs or {})
+        inner.on("metrics_collected", self._forward_metrics)
+
+    @property
+    def label(self) -> str:
+        return f"guarded[{self.guard.key}]"
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
+    def provider(self) -> str:
+        return self.inner.provider
+
+    def chat(
+        self,
+        *,
+        chat_ctx: ChatContext,
+        tools: list[Tool] | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
+        tool_choice: NotGivenOr[ToolChoice] = NOT_GIVEN,
+        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
+    ) -> llm.LLMStream:
+        return GuardedLLMStream(
+            self,
+            chat_ctx=chat_ctx,
+            tools=tools or [],
+            conn_options=dataclasses.replace(conn_options, max_retry=0),
+            parallel_tool_calls=parallel_tool_calls,
+            tool_choice=tool_choice,
+            extra_kwargs=extra_kwargs,
+        )
+
+    def prewarm(self, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.inner.prewarm(loop=loop)
+
+    async def aclose(self) -> None:
+        self.inner.off("metrics_collected", self._forward_metrics)
+        await self.guard.drain()
+        await self.inner.aclose()
+        await super().aclose()
+
+    def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
+        self.emit("metrics_collected", *args, **kwargs)
+
+    async def probe(self) -> float:
+        """One minimal synthetic request ("ping", one token); returns time to first token."""
+        ctx = ChatContext.empty()
+        ctx.add_message(role="user", content="ping")
+        started = time.perf_counter()
+        deadline = self.guard.deadline.first_s
+        stream = self.inner.chat(
+            chat_ctx=ctx,
+            conn_options=APIConnectOptions(max_retry=0, timeout=max(deadline, 1.0)),
+            extra_kwargs=self.probe_kwargs or NOT_GIVEN,
+        )
+        pump: Pump[ChatChunk] = Pump(stream)
+        try:
+            while True:
+                remaining = deadline - (time.perf_counter() - started)
+                try:
+                    chunk = await pump.next(remaining)
+                except TimeoutError:
+                    raise deadline_error(
+                        self.guard.key,
+                        stalled=False,
+                        waited_s=time.perf_counter() - started,
+                        limit_s=deadline,
+                    ) from None
+                if chunk is None:
+                    raise EmptyResultError(f"{self.guard.key} answered the probe with nothing")
+                if chunk.delta and (chunk.delta.content or chunk.delta.tool_calls):
+                    return time.perf_counter() - started
+        finally:
+            await pump.aclose()
+            await stream.aclose()
+
+
+class GuardedLLMStream(llm.LLMStream):
+    # the wrapped plugin's own stream carries the provider's span; ours just nests it
+    _llm_attempt_span_name = None
+    _genai_operation_name = None
+
+    def __init__(
+        self,
+        guarded: GuardedLLM,
+        *,
+        chat_ctx: ChatContext,
+        tools: list[Tool],
+        conn_options: APIConnectOptions,
+        parallel_tool_calls: NotGivenOr[bool],
+        tool_choice: NotGivenOr[ToolChoice],
+        extra_kwargs: NotGivenOr[dict[str, Any]],
+    ) -> None:
+        super().__init__(guarded, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
+        self._guarded = guarded
+        self._inner_conn_options = conn_options
+        self._parallel_tool_calls = parallel_tool_calls
+        self._tool_choice = tool_choice
+        self._extra_kwargs = extra_kwargs
+
+    async def _metrics_monitor_task(self, event_aiter: Any) -> None:
+        # the inner plugin emits the metrics (forwarded by GuardedLLM); don't count twice
+        async for _ in event_aiter:
+            pass
+
+    async def _run(self) -> None:
+        guard = self._guarded.guard
+        await guard.admit()
+        since = guard.started()
+        started = time.perf_counter()
+        first_deadline = guard.deadline.first_s
+        stall = guard.deadline.stall_s
+        inner = self._guarded.inner.chat(
+            chat_ctx=self.chat_ctx,
+            tools=self.tools,
+            conn_options=self._inner_conn_options,
+            parallel_tool_calls=self._parallel_tool_calls,
+            tool_choice=self._tool_choice,
+            extra_kwargs=self._extra_kwargs,
+        )
+        pump: Pump[ChatChunk] = Pump(inner)
+        ttft: float | None = None
+        last = started
+        tokens = 0
+        try:
+            while True:
+                now = time.perf_counter()
+                timeout = (
+                    (first_deadline - (now - started)) if ttft is None else (stall - (now - last))
+                )
+                try:
+                    chunk = await pump.next(timeout)
+                except TimeoutError:
+                    now = time.perf_counter()
+                    raise deadline_error(
+                        guard.key,
+                        stalled=ttft is not None,
+                        waited_s=now - (started if ttft is None else last),
+                        limit_s=first_deadline if ttft is None else stall,
+                    ) from None
+                if chunk is None:
+                    break
+                last = time.perf_counter()
+                if chunk.usage is not None:
+                    tokens = max(tokens, chunk.usage.total_tokens)
+                if ttft is None and chunk.delta and (chunk.delta.content or chunk.delta.tool_calls):
+                    ttft = last - started
+                self._event_ch.send_nowait(chunk)
+            if ttft is None:
+                raise EmptyResultError(f"{guard.key} returned no text and no tool call")
+        except asyncio.CancelledError:
+            raise
+        except ProviderUnavailableError:
+            raise
+        except Exception as e:
+            raise await guard.failed(e, since) from e
+        finally:
+            await pump.aclose()
+            await inner.aclose()
+            guard.usage(UNIT_LLM, float(tokens))
+        guard.succeeded(ttft)

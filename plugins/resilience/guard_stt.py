@@ -1,0 +1,287 @@
+"""``GuardedSTT``: any LiveKit STT behind the shared breaker, result deadlines and metering.
+
+A recognize stream lives for a whole call and is silent while the caller is, so "no answer"
+only means something once there is speech to answer: the first-result clock starts at a
+flush (end of an utterance) that follows voiced audio, and a stall is voiced audio that has
+gone unanswered for ``stall_s``. Non-streaming STTs (Whisper) are guarded per ``recognize``
+call; the chain wraps the guard in LiveKit's ``StreamAdapter`` with the VAD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any, Never
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import APIConnectOptions, stt
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+from livekit.agents.utils import AudioBuffer, aio
+
+from plugins.resilience.errors import EmptyResultError, ProviderUnavailableError
+from plugins.resilience.guard import UNIT_STT, Guard, Pump, deadline_error
+
+#: RMS (int16) above which a frame counts as voiced; a line's hiss stays well below it.
+VOICED_RMS = 300.0
+#: Extra time a batch recognize may take per second of audio.
+BATCH_SECONDS_PER_AUDIO_SECOND = 0.25
+
+_TRANSCRIPTS = (
+    stt.SpeechEventType.INTERIM_TRANSCRIPT,
+    stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,
+    stt.SpeechEventType.FINAL_TRANSCRIPT,
+)
+
+
+def _rms(frame: rtc.AudioFrame) -> float:
+    data = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
+    return float(np.sqrt(np.mean(data * data))) if data.size else 0.0
+
+
+def _frames(buffer: AudioBuffer) -> list[rtc.AudioFrame]:
+    return buffer if isinstance(buffer, list) else [buffer]
+
+
+def _text(ev: stt.SpeechEvent) -> str:
+    return ev.alternatives[0].text.strip() if ev.alternatives else ""
+
+
+class GuardedSTT(stt.STT[Never]):
+    def __init__(self, inner: stt.STT[Any], guard: Guard) -> None:
+        super().__init__(capabilities=inner.capabilities)
+        self.inner = inner
+        self.guard = guard
+        inner.on("metrics_collected", self._forward_metrics)
+
+    @property
+    def label(self) -> str:
+        return f"guarded[{self.guard.key}]"
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
+    def provider(self) -> str:
+        return self.inner.provider
+
+    @property
+    def capabilities(self) -> stt.STTCapabilities:
+        return self.inner.capabilities
+
+    async def _recognize_impl(
+        self,
+        buffer: AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions,
+    ) -> stt.SpeechEvent:
+        guard = self.guard
+        await guard.admit()
+        since = guard.started()
+        frames = _frames(buffer)
+        audio_s = sum(f.duration for f in frames)
+        voiced = any(_rms(f) > VOICED_RMS for f in frames)
+        limit = guard.deadline.first_s + audio_s * BATCH_SECONDS_PER_AUDIO_SECOND
+        started = time.perf_counter()
+        try:
+            try:
+                event = await asyncio.wait_for(
+                    self.inner.recognize(
+                        buffer,
+                        language=language,
+                        conn_options=dataclasses.replace(conn_options, max_retry=0),
+                    ),
+                    limit,
+                )
+            except TimeoutError:
+                raise deadline_error(
+                    guard.key, stalled=False, waited_s=time.perf_counter() - started, limit_s=limit
+                ) from None
+            if voiced and not _text(event):
+                raise EmptyResultError(f"{guard.key} returned no transcript for speech")
+        except asyncio.CancelledError:
+            raise
+        except ProviderUnavailableError:
+            raise
+        except Exception as e:
+            raise await guard.failed(e, since) from e
+        finally:
+            guard.usage(UNIT_STT, audio_s)
+        guard.succeeded(time.perf_counter() - started)
+        return event
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> stt.RecognizeStream:
+        if not self.inner.capabilities.streaming:
+            return super().stream(language=language, conn_options=conn_options)
+        return GuardedRecognizeStream(
+            stt=self,
+            language=language,
+            conn_options=dataclasses.replace(conn_options, max_retry=0),
+        )
+
+    def prewarm(self) -> None:
+        self.inner.prewarm()
+
+    async def aclose(self) -> None:
+        self.inner.off("metrics_collected", self._forward_metrics)
+        await self.guard.drain()
+        await self.inner.aclose()
+
+    def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
+        self.emit("metrics_collected", *args, **kwargs)
+
+    async def probe(self) -> float:
+        """Recognize half a second of silence: proves the provider answers, costs nothing much."""
+        sample_rate = 16000
+        silence = rtc.AudioFrame(
+            data=b"\x00\x00" * (sample_rate // 2),
+            sample_rate=sample_rate,
+            num_channels=1,
+            samples_per_channel=sample_rate // 2,
+        )
+        deadline = self.guard.deadline.first_s
+        options = APIConnectOptions(max_retry=0, timeout=max(deadline, 1.0))
+        started = time.perf_counter()
+        try:
+            if not self.inner.capabilities.streaming:
+                await asyncio.wait_for(
+                    self.inner.recognize([silence], conn_options=options), deadline
+                )
+                return time.perf_counter() - started
+            stream = self.inner.stream(conn_options=options)
+            try:
+                stream.push_frame(silence)
+                stream.end_input()
+
+                async def drain() -> None:
+                    async for _ in stream:
+                        pass
+
+                await asyncio.wait_for(drain(), deadline)
+            finally:
+                await stream.aclose()
+        except TimeoutError:
+            raise deadline_error(
+                self.guard.key,
+                stalled=False,
+                waited_s=time.perf_counter() - started,
+                limit_s=deadline,
+            ) from None
+        return time.perf_counter() - started
+
+
+class GuardedRecognizeStream(stt.RecognizeStream):
+    def __init__(
+        self,
+        *,
+        stt: GuardedSTT,
+        language: NotGivenOr[str],
+        conn_options: APIConnectOptions,
+    ) -> None:
+        super().__init__(stt=stt, conn_options=conn_options)
+        self._guarded = stt
+        self._language = language
+        self._inner_conn_options = conn_options
+
+    async def _metrics_monitor_task(self, event_aiter: Any) -> None:
+        async for _ in event_aiter:
+            pass
+
+    async def _run(self) -> None:
+        guard = self._guarded.guard
+        await guard.admit()
+        since = guard.started()
+        first_s = guard.deadline.first_s
+        stall_s = guard.deadline.stall_s
+        inner = self._guarded.inner.stream(
+            language=self._language, conn_options=self._inner_conn_options
+        )
+        inner.start_time_offset = self.start_time_offset
+        audio_s = 0.0
+        audio_at_voiced = 0.0  # audio_s when voiced_since was set
+        voiced_since: float | None = None  # voiced audio not yet answered by any transcript
+        flushed_at: float | None = None  # a flush after voiced audio, not yet answered
+        answered_once = False
+
+        async def forward_input() -> None:
+            nonlocal audio_s, voiced_since, flushed_at, audio_at_voiced
+            async for data in self._input_ch:
+                if isinstance(data, rtc.AudioFrame):
+                    audio_s += data.duration
+                    if voiced_since is None and _rms(data) > VOICED_RMS:
+                        voiced_since = time.perf_counter()
+                        audio_at_voiced = audio_s
+                    inner.push_frame(data)
+                else:
+                    if voiced_since is not None and flushed_at is None:
+                        flushed_at = time.perf_counter()
+                    inner.flush()
+            if voiced_since is not None and flushed_at is None:
+                flushed_at = time.perf_counter()
+            inner.end_input()
+
+        def overdue() -> Exception | None:
+            now = time.perf_counter()
+            if flushed_at is not None and now - flushed_at >= first_s:
+                return deadline_error(
+                    guard.key, stalled=answered_once, waited_s=now - flushed_at, limit_s=first_s
+                )
+            # a provider cannot answer faster than audio arrives: count both clocks
+            if (
+                voiced_since is not None
+                and now - voiced_since >= stall_s
+                and audio_s - audio_at_voiced >= stall_s
+            ):
+                return deadline_error(
+                    guard.key, stalled=True, waited_s=now - voiced_since, limit_s=stall_s
+                )
+            return None
+
+        input_task = asyncio.create_task(forward_input())
+        pump: Pump[stt.SpeechEvent] = Pump(inner)
+        try:
+            while True:
+                try:
+                    ev = await pump.next(0.05)
+                except TimeoutError:
+                    if (err := overdue()) is not None:
+                        raise err from None
+                    continue
+                if ev is None:
+                    break
+                if ev.type in _TRANSCRIPTS and _text(ev):
+                    now = time.perf_counter()
+                    anchor = flushed_at if flushed_at is not None else voiced_since
+                    if ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT:
+                        guard.succeeded(None if anchor is None else now - anchor)
+                        voiced_since = None
+                        flushed_at = None
+                    elif voiced_since is not None:
+                        voiced_since = now  # interim: the provider is keeping up
+                        audio_at_voiced = audio_s
+                    answered_once = True
+                elif ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT and flushed_at is not None:
+                    # an empty final for voiced audio: the provider heard nothing
+                    raise EmptyResultError(f"{guard.key} returned an empty transcript for speech")
+                self._event_ch.send_nowait(ev)
+            if flushed_at is not None:
+                raise EmptyResultError(f"{guard.key} ended without a transcript for speech")
+        except asyncio.CancelledError:
+            raise
+        except ProviderUnavailableError:
+            raise
+        except Exception as e:
+            raise await guard.failed(e, since) from e
+        finally:
+            await aio.cancel_and_wait(input_task)
+            await pump.aclose()
+            await inner.aclose()
+            guard.usage(UNIT_STT, audio_s)

@@ -1,0 +1,301 @@
+"""``GuardedTTS``: any LiveKit TTS behind the shared breaker, a first-audio deadline and metering.
+
+Both paths are guarded: ``synthesize`` (one text, chunked) and ``stream`` (text pushed as the
+LLM writes it). For a stream the first-audio clock starts when there is something to speak
+(a flush or the end of input), not when the first token arrives, so a slow LLM is never blamed
+on the TTS. Audio that is all silence counts as an empty result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any, Never
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import APIConnectOptions, tts, utils
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, USERDATA_TIMED_TRANSCRIPT
+
+from plugins.resilience.errors import EmptyResultError, ProviderUnavailableError
+from plugins.resilience.guard import UNIT_TTS, Guard, Pump, deadline_error
+
+#: Peak amplitude (int16) below which synthesized audio counts as silence.
+SILENCE_PEAK = 64
+
+
+def _peak(frame: rtc.AudioFrame) -> int:
+    data = np.frombuffer(frame.data, dtype=np.int16)
+    return int(np.abs(data).max()) if data.size else 0
+
+
+class GuardedTTS(tts.TTS[Never]):
+    def __init__(self, inner: tts.TTS[Any], guard: Guard, *, probe_text: str = "OK.") -> None:
+        super().__init__(
+            capabilities=inner.capabilities,
+            sample_rate=inner.sample_rate,
+            num_channels=inner.num_channels,
+        )
+        self.inner = inner
+        self.guard = guard
+        self.probe_text = probe_text
+        inner.on("metrics_collected", self._forward_metrics)
+
+    @property
+    def label(self) -> str:
+        return f"guarded[{self.guard.key}]"
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
+    def provider(self) -> str:
+        return self.inner.provider
+
+    @property
+    def markup(self) -> tts.TTS.Markup:
+        return self.inner.markup
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
+        return GuardedChunkedStream(
+            tts=self, input_text=text, conn_options=dataclasses.replace(conn_options, max_retry=0)
+        )
+
+    def stream(
+        self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.SynthesizeStream:
+        if not self.inner.capabilities.streaming:
+            return super().stream(conn_options=conn_options)
+        return GuardedSynthesizeStream(
+            tts=self, conn_options=dataclasses.replace(conn_options, max_retry=0)
+        )
+
+    def prewarm(self) -> None:
+        self.inner.prewarm()
+
+    async def aclose(self) -> None:
+        self.inner.off("metrics_collected", self._forward_metrics)
+        await self.guard.drain()
+        await self.inner.aclose()
+
+    def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
+        self.emit("metrics_collected", *args, **kwargs)
+
+    async def probe(self) -> float:
+        """Synthesize one short word; returns time to first audio."""
+        started = time.perf_counter()
+        deadline = self.guard.deadline.first_s
+        stream = self.inner.synthesize(
+            self.probe_text, conn_options=APIConnectOptions(max_retry=0, timeout=max(deadline, 1.0))
+        )
+        pump: Pump[tts.SynthesizedAudio] = Pump(stream)
+        try:
+            while True:
+                try:
+                    audio = await pump.next(deadline - (time.perf_counter() - started))
+                except TimeoutError:
+                    raise deadline_error(
+                        self.guard.key,
+                        stalled=False,
+                        waited_s=time.perf_counter() - started,
+                        limit_s=deadline,
+                    ) from None
+                if audio is None:
+                    raise EmptyResultError(f"{self.guard.key} answered the probe with no audio")
+                if _peak(audio.frame) > SILENCE_PEAK:
+                    return time.perf_counter() - started
+        finally:
+            await pump.aclose()
+            await stream.aclose()
+
+
+class _AudioWatch:
+    """First-audio / stall bookkeeping shared by both stream kinds."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.first_s = guard.deadline.first_s
+        self.stall_s = guard.deadline.stall_s
+        self.armed_at: float | None = None  # when there was something to speak
+        self.first_audio: float | None = None
+        self.last_audio = 0.0
+        self.audible = False
+        self.input_done = False
+
+    def timeout(self) -> float | None:
+        now = time.perf_counter()
+        if self.first_audio is None:
+            if self.armed_at is None:
+                return 0.05  # nothing to speak yet: look again soon
+            return self.first_s - (now - self.armed_at)
+        if not self.input_done:
+            return None if self.armed_at is None else 0.25
+        return self.stall_s - (now - self.last_audio)
+
+    def expired(self) -> bool:
+        now = time.perf_counter()
+        if self.first_audio is None:
+            return self.armed_at is not None and now - self.armed_at >= self.first_s
+        return self.input_done and now - self.last_audio >= self.stall_s
+
+    def error(self) -> Exception:
+        now = time.perf_counter()
+        if self.first_audio is None:
+            assert self.armed_at is not None
+            return deadline_error(
+                self.guard.key, stalled=False, waited_s=now - self.armed_at, limit_s=self.first_s
+            )
+        return deadline_error(
+            self.guard.key, stalled=True, waited_s=now - self.last_audio, limit_s=self.stall_s
+        )
+
+    def saw(self, frame: rtc.AudioFrame) -> None:
+        self.last_audio = time.perf_counter()
+        if self.first_audio is None:
+            self.first_audio = self.last_audio
+        if not self.audible and _peak(frame) > SILENCE_PEAK:
+            self.audible = True
+
+    @property
+    def latency(self) -> float | None:
+        if self.first_audio is None or self.armed_at is None:
+            return None
+        return self.first_audio - self.armed_at
+
+
+async def _read_audio(
+    pump: Pump[tts.SynthesizedAudio],
+    watch: _AudioWatch,
+    output_emitter: tts.AudioEmitter,
+) -> None:
+    while True:
+        timeout = watch.timeout()
+        try:
+            audio = await pump.next(timeout)
+        except TimeoutError:
+            if watch.expired():
+                raise watch.error() from None
+            continue
+        if audio is None:
+            return
+        watch.saw(audio.frame)
+        if texts := audio.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT):
+            output_emitter.push_timed_transcript(texts)
+        output_emitter.push_frame(audio.frame)
+
+
+class GuardedChunkedStream(tts.ChunkedStream):
+    _tts_attempt_span_name = None
+
+    def __init__(
+        self, *, tts: GuardedTTS, input_text: str, conn_options: APIConnectOptions
+    ) -> None:
+        super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
+        self._guarded = tts
+        self._inner_conn_options = conn_options
+
+    async def _metrics_monitor_task(self, event_aiter: Any) -> None:
+        async for _ in event_aiter:
+            pass
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        guard = self._guarded.guard
+        await guard.admit()
+        since = guard.started()
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=self._guarded.sample_rate,
+            num_channels=self._guarded.num_channels,
+            mime_type="audio/pcm",
+        )
+        watch = _AudioWatch(guard)
+        watch.armed_at = time.perf_counter()
+        watch.input_done = True
+        inner = self._guarded.inner.synthesize(
+            self.input_text, conn_options=self._inner_conn_options
+        )
+        pump: Pump[tts.SynthesizedAudio] = Pump(inner)
+        try:
+            await _read_audio(pump, watch, output_emitter)
+            if self.input_text.strip() and not watch.audible:
+                raise EmptyResultError(f"{guard.key} returned no audible audio")
+        except asyncio.CancelledError:
+            raise
+        except ProviderUnavailableError:
+            raise
+        except Exception as e:
+            raise await guard.failed(e, since) from e
+        finally:
+            await pump.aclose()
+            await inner.aclose()
+            guard.usage(UNIT_TTS, float(len(self.input_text)))
+        guard.succeeded(watch.latency)
+
+
+class GuardedSynthesizeStream(tts.SynthesizeStream):
+    _tts_attempt_span_name = None
+
+    def __init__(self, *, tts: GuardedTTS, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, conn_options=conn_options)
+        self._guarded = tts
+        self._inner_conn_options = conn_options
+
+    async def _metrics_monitor_task(self, event_aiter: Any) -> None:
+        async for _ in event_aiter:
+            pass
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        guard = self._guarded.guard
+        await guard.admit()
+        since = guard.started()
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=self._guarded.sample_rate,
+            num_channels=self._guarded.num_channels,
+            mime_type="audio/pcm",
+            stream=True,
+        )
+        output_emitter.start_segment(segment_id=utils.shortuuid())
+        watch = _AudioWatch(guard)
+        inner = self._guarded.inner.stream(conn_options=self._inner_conn_options)
+        chars = 0
+
+        async def forward_input() -> None:
+            nonlocal chars
+            async for data in self._input_ch:
+                if isinstance(data, str):
+                    chars += len(data)
+                    inner.push_text(data)
+                else:
+                    inner.flush()
+                    if chars and watch.armed_at is None:
+                        watch.armed_at = time.perf_counter()
+            inner.end_input()
+            watch.input_done = True
+            if watch.armed_at is None and chars:
+                watch.armed_at = time.perf_counter()
+
+        input_task = asyncio.create_task(forward_input())
+        pump: Pump[tts.SynthesizedAudio] = Pump(inner)
+        try:
+            await _read_audio(pump, watch, output_emitter)
+            if input_task.done() and (exc := input_task.exception()) is not None:
+                raise exc
+            if chars and not watch.audible:
+                raise EmptyResultError(f"{guard.key} returned no audible audio")
+        except asyncio.CancelledError:
+            raise
+        except ProviderUnavailableError:
+            raise
+        except Exception as e:
+            raise await guard.failed(e, since) from e
+        finally:
+            await utils.aio.cancel_and_wait(input_task)
+            await pump.aclose()
+            await inner.aclose()
+            guard.usage(UNIT_TTS, float(chars))
+        guard.succeeded(watch.latency)
