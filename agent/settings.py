@@ -160,9 +160,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     redis_url: str | None = None
     health_check_interval: float = Field(default=30.0, gt=0)
-    llm_first_token_timeout: float = Field(default=1.0, gt=0, le=30)
-    tts_first_audio_timeout: float = Field(default=1.0, gt=0, le=30)
-    stt_first_result_timeout: float = Field(default=2.0, gt=0, le=60)
+    llm_first_token_timeout: float = Field(default=0.8, gt=0, le=30)
+    tts_first_audio_timeout: float = Field(default=0.8, gt=0, le=30)
+    stt_first_result_timeout: float = Field(default=1.5, gt=0, le=60)
     stt_stall_timeout: float = Field(default=3.0, gt=0, le=60)
     hedge_requests: bool = False
     provider_budgets_usd: ProviderAmounts = Field(default_factory=dict)

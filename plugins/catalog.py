@@ -17,9 +17,10 @@ from typing import Any
 import aiohttp
 from livekit.agents import llm, stt, tts
 
+from plugins.local.lead import LeadSink
 from plugins.resilience.errors import ResponseTap
 from plugins.resilience.guard import UNIT_LLM, UNIT_STT, UNIT_TTS
-from plugins.spec import ProviderSpec, Slot
+from plugins.spec import FLOOR_PROVIDER, KNOWN_PROVIDERS, ProviderSpec, Slot
 
 Plugin = stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any]
 
@@ -34,6 +35,7 @@ class BuildContext:
 
     http_session: aiohttp.ClientSession | None = None
     tap: ResponseTap | None = None  # OpenAI-SDK plugins: our client reports error responses
+    lead_sink: LeadSink | None = None  # free-llm hands confirmed leads to the CRM path
 
 
 def _openai_client(spec: ProviderSpec, ctx: BuildContext, default_base_url: str) -> Any:
@@ -206,7 +208,10 @@ def _google_llm(spec: ProviderSpec, ctx: BuildContext) -> llm.LLM[Any]:
 def _free_llm(spec: ProviderSpec, ctx: BuildContext) -> llm.LLM[Any]:
     from plugins.local.scripted_llm import ScriptedLLM
 
-    return ScriptedLLM()
+    company = spec.extra.get("company")
+    if company:
+        return ScriptedLLM(sink=ctx.lead_sink, company=company)
+    return ScriptedLLM(sink=ctx.lead_sink)
 
 
 # -- TTS -------------------------------------------------------------------------------------
@@ -278,15 +283,10 @@ _AIOHTTP_PLUGINS = frozenset({"stt:deepgram", "tts:cartesia", "tts:elevenlabs"})
 
 CATALOG: dict[str, CatalogEntry] = {e.key: e for e in _ENTRIES}
 
-#: The default order of each chain (the design's hierarchy).
-DEFAULT_ORDER: dict[Slot, tuple[str, ...]] = {
-    "stt": ("deepgram", "google", "whisper", "free-stt"),
-    "llm": ("openrouter", "openai", "google", "free-llm"),
-    "tts": ("cartesia", "local-tts", "elevenlabs", "free-tts"),
-}
-
-#: The local provider that ends each chain when the spec list leaves it out.
-FLOOR: dict[Slot, str] = {"stt": "free-stt", "llm": "free-llm", "tts": "free-tts"}
+#: The default order of each chain (the design's hierarchy) and the local provider that ends
+#: each chain when the spec list leaves it out: defined once, in plugins.spec.
+DEFAULT_ORDER: dict[Slot, tuple[str, ...]] = KNOWN_PROVIDERS
+FLOOR: dict[Slot, str] = FLOOR_PROVIDER
 
 
 def entry_for(spec: ProviderSpec) -> CatalogEntry:

@@ -21,7 +21,6 @@ from livekit.agents import llm, stt, tts
 from livekit.agents import vad as lk_vad
 
 from plugins.catalog import (
-    CATALOG,
     FLOOR,
     BuildContext,
     CatalogEntry,
@@ -29,6 +28,7 @@ from plugins.catalog import (
     entry_for,
     has_key,
 )
+from plugins.local.lead import LeadSink
 from plugins.resilience.breaker import key_fingerprint
 from plugins.resilience.deadlines import DEFAULT_DEADLINES, AdaptiveDeadline, DeadlineSettings
 from plugins.resilience.errors import ResponseTap
@@ -36,7 +36,10 @@ from plugins.resilience.guard import Guard
 from plugins.resilience.guard_llm import GuardedLLM
 from plugins.resilience.guard_stt import GuardedSTT
 from plugins.resilience.guard_tts import GuardedTTS
+from plugins.resilience.midstream_llm import ContinuingLLMAdapter
 from plugins.resilience.probes import Prober
+from plugins.resilience.stt_replay import ReplaySTTAdapter
+from plugins.resilience.tts_resume import ResumingTTSAdapter
 from plugins.resilience.types import GuardObserver, HealthStore
 from plugins.spec import ProviderSpec, Slot
 
@@ -82,12 +85,23 @@ def build_chains(
     clock: Callable[[], float] = time.time,
     probes: bool = True,
     llm_attempt_timeout: float = 5.0,
+    lead_sink: LeadSink | None = None,
+    midstream: bool = True,
+    hedge_requests: bool = False,
 ) -> Chains:
     """Build the STT, LLM and TTS chains in the order the specs give.
 
     ``vad`` is needed for non-streaming STT (Whisper); without it those are skipped.
     ``clock`` must be the store's clock (probers turn its ``open_until`` into sleeps).
     ``probes=False`` leaves recovery to explicit ``Chains.probers[key].try_probe()`` calls.
+    ``lead_sink`` receives the leads the free LLM captures (the CRM tools' path).
+    ``midstream`` (default on) uses the adapters that survive a failure mid-stream: the LLM
+    answer continues on the next provider, TTS resumes at the first unspoken sentence, STT
+    replays the caller's current utterance; ``False`` gives LiveKit's stock adapters.
+    ``hedge_requests`` (off by default; needs ``midstream``): an LLM late past its measured
+    p95 gets the next provider started in parallel, and the first to answer is kept.
+    A spec's ``extra["prefill"] = "continue"`` says that provider continues a trailing
+    assistant message (assistant prefill); others restart and are aligned with what was said.
     """
     observer_list = list(observers)
     limits = {**DEFAULT_DEADLINES, **(deadlines or {})}
@@ -120,11 +134,11 @@ def build_chains(
                 log.info("provider skipped", provider=spec.key, reason=reason)
                 continue
             tap = ResponseTap()
-            ctx = BuildContext(tap=tap)
+            ctx = BuildContext(tap=tap, lead_sink=lead_sink)
             if entry.uses_aiohttp and _loop_running():
                 session = aiohttp.ClientSession(trace_configs=[tap.aiohttp_trace()])
                 sessions.append(session)
-                ctx = BuildContext(http_session=session, tap=tap)
+                ctx = BuildContext(http_session=session, tap=tap, lead_sink=lead_sink)
             try:
                 plugin = entry.build(spec, ctx)
             except (ProviderUnusableError, ValueError) as e:
@@ -159,18 +173,47 @@ def build_chains(
     llm_chain = [c for c in chains["llm"] if isinstance(c, llm.LLM)]
     tts_chain = [c for c in chains["tts"] if isinstance(c, tts.TTS)]
     log.info("chains built", **{slot: " > ".join(keys) for slot, keys in order.items()})
-    return Chains(
-        stt=stt.FallbackAdapter(stt_chain, vad=vad, max_retry_per_stt=0),
-        llm=llm.FallbackAdapter(
+    stt_adapter: stt.FallbackAdapter
+    llm_adapter: llm.FallbackAdapter
+    tts_adapter: tts.FallbackAdapter
+    if midstream:
+        prefill = {id(guards[s.key]) for s in specs if s.key in guards and _continues_prefill(s)}
+        stt_adapter = ReplaySTTAdapter(stt_chain, vad=vad)
+        llm_adapter = ContinuingLLMAdapter(
+            llm_chain,
+            attempt_timeout=llm_attempt_timeout,
+            prefill=lambda member: id(member) in prefill,
+            hedge_after_s=_hedge_after if hedge_requests else None,
+        )
+        tts_adapter = ResumingTTSAdapter(tts_chain)
+    else:
+        stt_adapter = stt.FallbackAdapter(stt_chain, vad=vad, max_retry_per_stt=0)
+        llm_adapter = llm.FallbackAdapter(
             llm_chain, attempt_timeout=llm_attempt_timeout, max_retry_per_llm=0
-        ),
-        tts=tts.FallbackAdapter(tts_chain, max_retry_per_tts=0),
+        )
+        tts_adapter = tts.FallbackAdapter(tts_chain, max_retry_per_tts=0)
+    return Chains(
+        stt=stt_adapter,
+        llm=llm_adapter,
+        tts=tts_adapter,
         order=order,
         skipped=skipped,
         guards=guards,
         probers=probers,
         http_sessions=sessions,
     )
+
+
+def _continues_prefill(spec: ProviderSpec) -> bool:
+    return spec.extra.get("prefill", "").strip().lower() in ("continue", "true", "1", "yes")
+
+
+def _hedge_after(member: llm.LLM[Any]) -> float | None:
+    """Hedge once a guarded LLM is past its measured p95 (and still before its deadline)."""
+    if not isinstance(member, GuardedLLM):
+        return None
+    p95 = member.guard.deadline.p95
+    return None if p95 is None else min(p95, member.guard.deadline.first_s * 0.75)
 
 
 def _loop_running() -> bool:
@@ -198,17 +241,18 @@ def _price(entry: CatalogEntry, spec: ProviderSpec) -> float:
 
 
 def _ordered(slot: Slot, specs: Sequence[ProviderSpec]) -> list[ProviderSpec]:
-    """The slot's specs in order, local ones moved last, the floor added when missing."""
+    """The slot's specs in the order given, the floor moved (or added) to the end.
+
+    Only the floor is moved: a local provider placed between cloud ones (the seed's
+    cartesia -> local-tts -> elevenlabs -> free-tts) is a deliberate quality choice.
+    """
     mine = [s for s in specs if s.slot == slot]
     for s in mine:
         entry_for(s)  # unknown names fail loudly, naming the choices
-    cloud = [s for s in mine if not CATALOG[s.key].is_local]
-    local = [s for s in mine if CATALOG[s.key].is_local]
     floor = FLOOR[slot]
-    local.sort(key=lambda s: s.name == floor)  # the floor ends the chain
-    if not any(s.name == floor for s in local):
-        local.append(ProviderSpec(slot=slot, name=floor))
-    return cloud + local
+    ordered = [s for s in mine if s.name != floor]
+    floors = [s for s in mine if s.name == floor] or [ProviderSpec(slot=slot, name=floor)]
+    return [*ordered, floors[0]]
 
 
 def _wrap(

@@ -58,13 +58,13 @@ async def test_no_keys_gives_local_chains_with_one_skip_line_each(
     await chains.aclose()
 
 
-async def test_keys_enable_guarded_cloud_providers_locals_last(
+async def test_keys_enable_guarded_cloud_providers_in_order_floor_last(
     store: DocumentStore, clock: FakeClock
 ) -> None:
     specs = [
-        ProviderSpec("tts", "free-tts"),
-        ProviderSpec("tts", "local-tts"),
+        ProviderSpec("tts", "free-tts"),  # listed first, still ends the chain
         ProviderSpec("tts", "cartesia", api_key="sim-key"),
+        ProviderSpec("tts", "local-tts"),  # the seed's order: local neural voice second
         ProviderSpec("tts", "elevenlabs", api_key="sim-key"),
         ProviderSpec("llm", "openai", api_key="sim-key", base_url="http://127.0.0.1:9/v1"),
         ProviderSpec(
@@ -79,8 +79,8 @@ async def test_keys_enable_guarded_cloud_providers_locals_last(
     chains = build_chains(specs, store, clock=clock, probes=False)
     assert chains.order["tts"] == [
         "tts:cartesia",
-        "tts:elevenlabs",
         "tts:local-tts",
+        "tts:elevenlabs",
         "tts:free-tts",
     ]
     assert chains.order["llm"] == ["llm:openai", "llm:openrouter", "llm:google", "llm:free-llm"]

@@ -59,9 +59,7 @@ def _base(spec: ProviderSpec) -> str:
     return (spec.base_url or DEFAULT_BASE_URLS[spec.name]).rstrip("/")
 
 
-async def _get(
-    http: aiohttp.ClientSession, url: str, headers: dict[str, str]
-) -> tuple[int, Any]:
+async def _get(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[int, Any]:
     async with http.get(url, headers=headers) as resp:
         try:
             body: Any = await resp.json(content_type=None)

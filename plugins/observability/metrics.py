@@ -63,12 +63,8 @@ def _labels(key: str) -> tuple[str, str]:
 class PrometheusObserver:
     """A :class:`~plugins.resilience.types.GuardObserver` that moves the metrics above.
 
-    ``prices`` maps a provider key to (unit, USD per unit) so usage turns into cost as it is
-    recorded.
+    The guards meter cost as usage in the ``usd`` unit; it goes to the cost counter.
     """
-
-    def __init__(self, prices: dict[str, tuple[str, float]] | None = None) -> None:
-        self._prices = prices or {}
 
     def on_attempt(self, key: str, *, is_probe: bool) -> None:
         slot, provider = _labels(key)
@@ -93,10 +89,10 @@ class PrometheusObserver:
 
     def on_usage(self, key: str, unit: str, amount: float) -> None:
         slot, provider = _labels(key)
-        USAGE.labels(slot, provider, unit).inc(amount)
-        price = self._prices.get(key)
-        if price is not None and price[0] == unit:
-            COST.labels(slot, provider).inc(amount * price[1])
+        if unit == "usd":
+            COST.labels(slot, provider).inc(amount)
+        else:
+            USAGE.labels(slot, provider, unit).inc(amount)
 
     def on_failover(self, slot: str, from_provider: str, to_provider: str) -> None:
         FAILOVERS.labels(slot, from_provider, to_provider).inc()

@@ -42,6 +42,12 @@ class SwitchTracker:
         self._last_reason: dict[str, str] = {}
         self._listeners: list[SwitchListener] = []
 
+    def set_chains(self, chains: Mapping[str, Sequence[str]]) -> None:
+        """The chain order, once the chains are built (the guards need the tracker before)."""
+        self._order = {slot: list(names) for slot, names in chains.items()}
+        for slot in chains:
+            self._active.setdefault(slot, None)
+
     def subscribe(self, listener: SwitchListener) -> None:
         self._listeners.append(listener)
 
