@@ -145,6 +145,7 @@ class CartesiaSimulator(HttpSimulator):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/tts/websocket", self._websocket)
         app.router.add_post("/tts/bytes", self._bytes)
+        app.router.add_get("/voices", self._voices)
 
     async def aclose(self) -> None:
         for ws in list(self._sockets):
@@ -170,6 +171,18 @@ class CartesiaSimulator(HttpSimulator):
         if fault.type is FaultType.HANG:
             return await self.hang(request)
         return error_response(fault_status(fault), fault.message, fault.retry_after_s)
+
+    # -- GET /voices (the cheapest authenticated read: what ``doctor`` uses) -----------------
+    async def _voices(self, request: web.Request) -> web.Response:
+        refusal = self._auth_refusal(
+            request.headers.get("X-API-Key"), request.headers.get("Cartesia-Version")
+        )
+        self.record(request, None, f"refused {refusal.status}" if refusal else "")
+        if refusal is not None:
+            return refusal
+        return web.json_response(
+            [{"id": "794f9389-aac1-45b6-b726-9d9369183238", "name": "Sim Voice", "language": "en"}]
+        )
 
     # -- POST /tts/bytes -----------------------------------------------------------------
     async def _bytes(self, request: web.Request) -> web.StreamResponse:

@@ -338,6 +338,7 @@ class DeepgramSimulator(HttpSimulator):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/listen", self._listen_live)
         app.router.add_post("/v1/listen", self._listen_prerecorded)
+        app.router.add_get("/v1/projects", self._projects)
 
     async def aclose(self) -> None:
         for ws in list(self._sockets):
@@ -358,6 +359,14 @@ class DeepgramSimulator(HttpSimulator):
         if key.strip() == REJECTED_KEY:
             return error_response(401)
         return None
+
+    async def _projects(self, request: web.Request) -> web.Response:
+        """The account read ``doctor`` uses to check a key."""
+        refusal = self._auth_refusal(request)
+        self.record(request, None, f"refused {refusal.status}" if refusal else "")
+        if refusal is not None:
+            return refusal
+        return web.json_response({"projects": [{"project_id": "sim-project", "name": "Sim"}]})
 
     async def _refuse(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         if fault.type is FaultType.RESET:

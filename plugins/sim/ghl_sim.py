@@ -119,6 +119,7 @@ class GhlSimulator(HttpSimulator):
         r.add_get("/contacts/{id}/appointments", self._wrap(self._contact_appointments, c))
         r.add_get("/calendars/{id}/free-slots", self._wrap(self._free_slots, k))
         r.add_post("/calendars/events/appointments", self._wrap(self._create_appointment, k))
+        r.add_get("/locations/{id}", self._wrap(self._get_location, c))
 
     def _rate_headers(self) -> dict[str, str]:
         return {
@@ -331,6 +332,13 @@ class GhlSimulator(HttpSimulator):
         if contact is None:
             return _err(404, "Contact not found", "Not Found")
         return contact
+
+    async def _get_location(self, request: web.Request, _: Any) -> Result:
+        """What ``doctor`` reads to check the token against the configured location."""
+        location_id = request.match_info["id"]
+        if location_id != self.location_id:
+            return _err(404, "Location not found", "Not Found")
+        return 200, {"location": {"id": location_id, "name": "Simulated Sub-account"}}
 
     async def _get_contact(self, request: web.Request, _: Any) -> Result:
         found = self._contact_or_404(request)

@@ -286,6 +286,7 @@ class OpenAISimulator(HttpSimulator):
         if flavor not in ("openai", "openrouter"):
             raise ValueError(f"flavor must be 'openai' or 'openrouter', got {flavor!r}")
         self.flavor: Flavor = flavor
+        self.credit_usd: tuple[float, float | None] = (0.0, None)  # OpenRouter: (spent, limit)
         self.name = flavor
         self.base_path = "/api/v1" if flavor == "openrouter" else "/v1"
         self.api_key = api_key
@@ -310,6 +311,8 @@ class OpenAISimulator(HttpSimulator):
         app.router.add_post(f"{p}/audio/speech", self._speech)
         app.router.add_post(f"{p}/audio/transcriptions", self._transcriptions)
         app.router.add_get(f"{p}/models", self._models)
+        if self.flavor == "openrouter":
+            app.router.add_get(f"{p}/key", self._key_info)
 
     # -- errors --------------------------------------------------------------------------
     def error_response(
@@ -441,6 +444,27 @@ class OpenAISimulator(HttpSimulator):
                     {"id": m, "object": "model", "created": 1715367049, "owned_by": "system"}
                     for m in ids
                 ],
+            }
+        )
+
+    async def _key_info(self, request: web.Request) -> web.Response:
+        """OpenRouter's ``GET /key``: the key's spend and credit limit (``credit_usd``)."""
+        refusal = self._auth_refusal(request)
+        self.record(request, None, f"refused {refusal.status}" if refusal else "")
+        if refusal is not None:
+            return refusal
+        used, limit = self.credit_usd
+        remaining = None if limit is None else max(limit - used, 0.0)
+        return web.json_response(
+            {
+                "data": {
+                    "label": "sim-key",
+                    "usage": used,
+                    "limit": limit,
+                    "limit_remaining": remaining,
+                    "is_free_tier": False,
+                    "rate_limit": {"requests": 200, "interval": "10s"},
+                }
             }
         )
 
