@@ -47,6 +47,7 @@ class HealthRow:
     latency: str
     requests: int
     last_error: str
+    credit: str = "-"
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -68,17 +69,36 @@ def health_row(h: ProviderHealth, *, active: bool = False, now: float | None = N
         latency=latency,
         requests=h.requests,
         last_error=h.last_error,
+        credit=credit_label(h),
     )
+
+
+def credit_label(h: ProviderHealth) -> str:
+    """``8,200 characters left`` / ``$6.50 left``, from the provider's account API."""
+    if not h.credit or h.credit.get("remaining") is None:
+        return "-"
+    remaining = float(str(h.credit["remaining"]))
+    unit = str(h.credit.get("unit") or "")
+    return f"${remaining:,.2f} left" if unit == "usd" else f"{remaining:,.0f} {unit} left"
 
 
 def render_table(rows: list[HealthRow]) -> str:
     """A fixed-width table, one provider a line, grouped by slot in the order given."""
     if not rows:
         return "(no provider has been used yet)"
-    headers = ("SLOT", "PROVIDER", "STATE", "SUCCESS", "LATENCY", "REQUESTS", "LAST ERROR")
+    headers = (
+        "SLOT",
+        "PROVIDER",
+        "STATE",
+        "SUCCESS",
+        "LATENCY",
+        "REQUESTS",
+        "CREDIT",
+        "LAST ERROR",
+    )
     cells = [
         (r.slot.upper(), r.provider, r.state, r.success_rate, r.latency, str(r.requests),
-         r.last_error[:60])
+         r.credit, r.last_error[:60])
         for r in rows
     ]  # fmt: skip
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]

@@ -115,6 +115,20 @@ class BudgetedStore:
     async def all_health(self) -> list[ProviderHealth]:
         return await self._inner.all_health()
 
+    async def record_credit(
+        self,
+        key: str,
+        *,
+        remaining: float,
+        limit: float | None,
+        unit: str,
+        reset_at: float | None,
+        now: float | None = None,
+    ) -> None:
+        await self._inner.record_credit(
+            key, remaining=remaining, limit=limit, unit=unit, reset_at=reset_at, now=now
+        )
+
     async def set_override(self, key: str, state: BreakerState | None) -> None:
         await self._inner.set_override(key, state)
 

@@ -151,9 +151,11 @@ class ProviderDoc:
     last_error: str = ""
     latencies_ms: list[float] = field(default_factory=list)
     updated_at: float = 0.0
+    credit: dict[str, float | str | None] | None = None  # last read of the account's credit
 
     def to_parts(self) -> Parts:
         stats = {
+            "credit": self.credit,
             "requests": self.requests,
             "failures": self.failures,
             "last_failure": self.last_failure.value if self.last_failure else None,
@@ -180,6 +182,7 @@ class ProviderDoc:
                 last_error=str(data.get("last_error", "")),
                 latencies_ms=[float(x) for x in data.get("lat", [])],
                 updated_at=float(data.get("updated_at", 0.0)),
+                credit=data.get("credit"),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise _corrupt(exc) from exc
@@ -317,6 +320,29 @@ class DocumentStore(abc.ABC):
         t = self._now(now)
         return await self._update(key, lambda d: self.breaker.register(d.breaker, fingerprint, t))
 
+    async def record_credit(
+        self,
+        key: str,
+        *,
+        remaining: float,
+        limit: float | None,
+        unit: str,
+        reset_at: float | None,
+        now: float | None = None,
+    ) -> None:
+        t = self._now(now)
+
+        def change(doc: ProviderDoc) -> None:
+            doc.credit = {
+                "remaining": remaining,
+                "limit": limit,
+                "unit": unit,
+                "reset_at": reset_at,
+                "checked_at": t,
+            }
+
+        await self._update(key, change)
+
     async def set_override(self, key: str, state: BreakerState | None) -> None:
         self.breaker.set_override(BreakerRecord(), state)  # validate before touching the store
         await self._update(key, lambda d: self.breaker.set_override(d.breaker, state))
@@ -351,6 +377,7 @@ class DocumentStore(abc.ABC):
             latency_ms_p95=percentile(doc.latencies_ms, 95),
             usage=current,
             updated_at=doc.updated_at,
+            credit=doc.credit,
         )
 
 

@@ -80,6 +80,8 @@ class ProviderHealth:
     latency_ms_p95: float | None = None
     usage: dict[str, float] = field(default_factory=dict)  # unit -> amount this period
     updated_at: float = 0.0
+    # last read of the provider's account credit: remaining, limit, unit, reset_at, checked_at
+    credit: dict[str, float | str | None] | None = None
 
     @property
     def success_rate(self) -> float | None:
@@ -113,6 +115,19 @@ class HealthStore(Protocol):
     async def all_health(self) -> list[ProviderHealth]: ...
 
     async def set_override(self, key: str, state: BreakerState | None) -> None: ...
+
+    async def record_credit(
+        self,
+        key: str,
+        *,
+        remaining: float,
+        limit: float | None,
+        unit: str,
+        reset_at: float | None,
+        now: float | None = None,
+    ) -> None:
+        """What the provider's account API last said about remaining credit."""
+        ...
 
     async def register(self, key: str, fingerprint: str) -> BreakerState:
         """Record which key (a hash of it, never the key) is configured; a key rejected under
