@@ -10,8 +10,8 @@ PY := $(VENV)/bin/python
 SYNCED := $(VENV)/.synced
 SYSTEM := $(TOOLS)/.system-deps
 # Debian packages: PortAudio for LiveKit's console (it imports sounddevice), Redis for the
-# pool-wide health store and its tests.
-DEB_PACKAGES := libportaudio2 redis-server
+# pool-wide health store and its tests, tmux to drive the console in its test.
+DEB_PACKAGES := libportaudio2 redis-server tmux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install console console-audio dev start test lint format typecheck bench simulate status doctor clean
@@ -31,6 +31,7 @@ $(SYSTEM):
 	@missing=""; \
 	ldconfig -p | grep -q libportaudio.so || missing="$$missing libportaudio2"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

@@ -7,6 +7,7 @@ before anything starts, so a bad value stops the process with one clear line.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from agent.settings import SettingsError, load_settings
@@ -55,12 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from livekit.agents import cli
 
-    from agent.logs import configure_logging
+    from agent.logs import configure_structlog
     from agent.worker import create_server
 
-    configure_logging(
-        fmt=settings.log_format, level=settings.log_level, production=command == "start"
-    )
+    configure_structlog()  # LiveKit's CLI installs the handler (JSON in start, readable in dev)
+    os.environ.setdefault("LIVEKIT_LOG_LEVEL", settings.log_level)
     sys.argv = [sys.argv[0], *args]
     cli.run_app(create_server(settings))
     return 0

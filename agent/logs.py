@@ -1,7 +1,10 @@
 """One logging pipeline for our structlog events and LiveKit's stdlib logging.
 
-Production (``start``) writes JSON lines an aggregator can index; development writes readable
-lines. Both go through the same processors, so a field set in one place shows in both.
+Our code logs through structlog; every event is handed to stdlib logging as a message plus
+``extra`` fields. Under LiveKit's CLI (``console``, ``dev``, ``start``) LiveKit owns the
+handler: JSON lines in production, readable lines in dev, and job processes forward their
+records to it. Our own commands (``simulate``, ``status``...) install a handler of the same
+two kinds. Either way one event reads the same as LiveKit's own lines beside it.
 """
 
 from __future__ import annotations
@@ -13,54 +16,48 @@ from typing import Literal
 import structlog
 
 LogFormat = Literal["auto", "json", "console"]
+_HANDLER_NAME = "never-silent"
 
 
-def configure_logging(
-    *, fmt: LogFormat = "auto", level: str = "INFO", production: bool = False
-) -> None:
-    """Idempotent; safe to call again in each job process."""
-    use_json = fmt == "json" or (fmt == "auto" and (production or not sys.stderr.isatty()))
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.StackInfoRenderer(),
-    ]
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
+def configure_structlog() -> None:
+    """Route structlog to stdlib logging; idempotent, safe in every job process."""
     structlog.configure(
         processors=[
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            structlog.stdlib.render_to_log_kwargs,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+def install_handler(*, fmt: LogFormat = "auto", level: str = "INFO") -> None:
+    """A stderr handler for commands that do not run under LiveKit's CLI."""
+    configure_structlog()
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if use_json else _identity,
-            renderer,
+        foreign_pre_chain=[
+            structlog.stdlib.ExtraAdder(),
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
         ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
-    handler.set_name("never-silent")
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
-    root.handlers = [h for h in root.handlers if h.get_name() != "never-silent"]
+    root.handlers = [h for h in root.handlers if h.get_name() != _HANDLER_NAME]
     root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("asyncio", "aiohttp.access", "httpx", "httpcore", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _identity(
-    _logger: object, _name: str, event_dict: structlog.types.EventDict
-) -> structlog.types.EventDict:
-    return event_dict

@@ -8,26 +8,35 @@ local provider never waits for a model to load.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess
 
-from agent.logs import configure_logging
+# LiveKit plugins register themselves on import and refuse to do so off the main thread (the
+# console runs jobs in a thread): import every plugin the catalog may build here, at start-up.
+from livekit.plugins import (  # noqa: F401
+    cartesia,
+    deepgram,
+    elevenlabs,
+    google,
+    openai,
+    silero,
+)
+
+from agent.call import CallRuntime, build_call_runtime
+from agent.logs import configure_structlog
 from agent.settings import Settings, load_settings
+from plugins.local.lead import LeadSink
+from plugins.resilience.types import GuardObserver
 
 log = structlog.get_logger(__name__)
 
 
 def prewarm(proc: JobProcess) -> None:
     settings = load_settings()
-    configure_logging(
-        fmt=settings.log_format,
-        level=settings.log_level,
-        production=os.environ.get("LIVEKIT_DEV_MODE") != "1",
-    )
-    from livekit.plugins import silero
-
+    configure_structlog()  # LiveKit forwards this process's records to the worker's handler
     from plugins.local.prewarm import prewarm_local_providers
 
     proc.userdata["vad"] = silero.VAD.load()
@@ -44,42 +53,72 @@ def settings_slots(settings: Settings) -> set[str]:
     }
 
 
-async def build_session(settings: Settings, *, vad: Any, call_id: str) -> tuple[AgentSession, Any]:
-    """The call's ``AgentSession`` over guarded provider chains, and the chains themselves."""
-    from plugins.chain import build_chains
-    from plugins.resilience.store import open_store
+async def build_session(
+    settings: Settings,
+    *,
+    vad: Any,
+    call_id: str,
+    lead_sink: LeadSink | None = None,
+    observers: Sequence[GuardObserver] = (),
+) -> tuple[AgentSession, CallRuntime]:
+    """The call's ``AgentSession`` over guarded provider chains, and what watches them.
 
-    store = await open_store(settings.redis_url, settings.data_dir)
-    chains = build_chains(
-        [*settings.provider_specs("stt"), *settings.provider_specs("llm")]
-        + settings.provider_specs("tts"),
-        store,
-        vad=vad,
+    The same function builds calls for the worker, ``simulate`` and the benchmarks, so each of
+    them exercises the production wiring. ``await runtime.aclose()`` when the call ends.
+    """
+    runtime = build_call_runtime(
+        settings, vad=vad, call_id=call_id, lead_sink=lead_sink, observers=observers
     )
     session: AgentSession = AgentSession(
-        stt=chains.stt, llm=chains.llm, tts=chains.tts, vad=vad, userdata={"call_id": call_id}
+        stt=runtime.stt,
+        llm=runtime.llm,
+        tts=runtime.tts,
+        vad=vad,
+        userdata={"call_id": call_id},
     )
-    return session, chains
+    return session, runtime
+
+
+# -- begin: production server (issue 7, production helper) ----------------------------------
+# The entrypoint is a module-level function: in `start` mode LiveKit pickles it into its
+# forkserver job processes, and a function nested in create_server() cannot be pickled (every
+# job process then failed to start). create_server() takes its options (load function and
+# threshold, drain timeout, health port, journal flush on shutdown) from agent/drain.py.
+async def entrypoint(ctx: JobContext) -> None:
+    from agent.load import JobLoadReporter
+    from agent.sales_agent import SalesAgent
+
+    cfg: Settings = ctx.proc.userdata.get("settings") or load_settings()
+    ctx.log_context_fields = {"room": ctx.room.name, "job_id": ctx.job.id}
+    session, chains = await build_session(cfg, vad=ctx.proc.userdata["vad"], call_id=ctx.job.id)
+    stop_load_report = JobLoadReporter(cfg.data_dir, ctx.job.id).watch(chains)
+
+    async def _end_load_report() -> None:
+        stop_load_report()
+
+    ctx.add_shutdown_callback(_end_load_report)
+    await session.start(
+        agent=SalesAgent(greeting="Hi, this is Alex from Acme Growth. How can I help you today?"),
+        room=ctx.room,
+    )
+    await ctx.connect()
+
+
+def health_port() -> int:
+    """LiveKit's health endpoint port (8081 in production); ``HEALTH_PORT`` overrides it."""
+    raw = os.environ.get("HEALTH_PORT", "8081")
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"Invalid setting HEALTH_PORT: not a port number (got {raw!r})") from None
 
 
 def create_server(settings: Settings) -> AgentServer:
-    server = AgentServer(setup_fnc=prewarm, prometheus_port=settings.metrics_port)
+    from agent.drain import production_server
 
-    @server.rtc_session(agent_name=settings.agent_name)
-    async def entrypoint(ctx: JobContext) -> None:
-        from agent.sales_agent import SalesAgent
-
-        cfg: Settings = ctx.proc.userdata.get("settings") or load_settings()
-        ctx.log_context_fields = {"room": ctx.room.name, "job_id": ctx.job.id}
-        session, _chains = await build_session(
-            cfg, vad=ctx.proc.userdata["vad"], call_id=ctx.job.id
-        )
-        await session.start(
-            agent=SalesAgent(
-                greeting="Hi, this is Alex from Acme Growth. How can I help you today?"
-            ),
-            room=ctx.room,
-        )
-        await ctx.connect()
-
+    server = production_server(settings, setup_fnc=prewarm, health_port=health_port())
+    server.rtc_session(entrypoint, agent_name=settings.agent_name)
     return server
+
+
+# -- end: production server ------------------------------------------------------------------

@@ -1,0 +1,205 @@
+"""Everything one call needs besides the ``AgentSession``: the shared health store (with budgets),
+the guarded chains, and the observers that log, meter and journal what the guards see.
+
+Built by :func:`agent.worker.build_session` for the worker, ``simulate`` and the benchmarks
+alike, so a simulated call exercises exactly the production wiring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agent.health_logger import HealthLogger
+from agent.settings import Settings
+from plugins.chain import Chains, build_chains
+from plugins.local.lead import LeadSink
+from plugins.observability.metrics import PrometheusObserver
+from plugins.observability.switches import SwitchEvent, SwitchTracker
+from plugins.observability.usage import CallUsage
+from plugins.resilience.budget import Budget, BudgetedStore
+from plugins.resilience.deadlines import DEFAULT_DEADLINES, DeadlineSettings
+from plugins.resilience.store import StoreConfig, open_store
+from plugins.resilience.types import GuardObserver, HealthStore
+from plugins.spec import ProviderSpec, Slot
+
+log = structlog.get_logger(__name__)
+
+_METRICS = PrometheusObserver()  # module-level: one set of Prometheus series per process
+
+
+def open_health_store(settings: Settings) -> HealthStore:
+    """The shared store for these settings, with spending caps when any are configured."""
+    config = StoreConfig(usage_period=settings.budget_period)
+    store: HealthStore = open_store(settings.redis_url, settings.data_dir, config=config)
+    if settings.provider_budgets_usd:
+        budgets = {
+            key: Budget("usd", 1.0, limit_usd=limit)
+            for key, limit in settings.provider_budgets_usd.items()
+        }
+        store = BudgetedStore(store, budgets, period=settings.budget_period)
+    return store
+
+
+def call_specs(settings: Settings, *, company: str | None = None) -> list[ProviderSpec]:
+    """Every slot's specs in order, with price overrides and (optionally) cheapest-first."""
+    from plugins.catalog import CATALOG
+
+    specs: list[ProviderSpec] = []
+    for slot in ("stt", "llm", "tts"):
+        slot_specs = settings.provider_specs(slot)  # type: ignore[arg-type]
+        priced = []
+        for spec in slot_specs:
+            extra = dict(spec.extra)
+            if spec.key in settings.provider_prices_usd:
+                extra["price_per_unit_usd"] = str(settings.provider_prices_usd[spec.key])
+            if company and spec.key == "llm:free-llm":
+                extra["company"] = company
+            priced.append(_with_extra(spec, extra))
+        if settings.prefer_cheapest:
+            priced = cheapest_first(priced, lambda s: _price(s, CATALOG))
+        specs.extend(priced)
+    return specs
+
+
+def _with_extra(spec: ProviderSpec, extra: dict[str, str]) -> ProviderSpec:
+    return ProviderSpec(
+        spec.slot, spec.name, spec.base_url, spec.model, spec.voice, spec.api_key, extra
+    )
+
+
+def _price(spec: ProviderSpec, catalog: dict[str, Any]) -> float:
+    if "price_per_unit_usd" in spec.extra:
+        return float(spec.extra["price_per_unit_usd"])
+    entry = catalog.get(spec.key)
+    return float(entry.price_per_unit_usd) if entry is not None else 0.0
+
+
+def cheapest_first(
+    specs: Sequence[ProviderSpec], price: Callable[[ProviderSpec], float]
+) -> list[ProviderSpec]:
+    """Sort each run of neighbouring cloud providers by price; local providers keep their place.
+
+    Neighbouring cloud providers are the operator's "same tier" (e.g. Deepgram, Google, Whisper);
+    a local provider placed between cloud ones (local-tts between Cartesia and ElevenLabs) is a
+    deliberate quality choice the sort must not cross.
+    """
+    from plugins.spec import LOCAL_PROVIDERS
+
+    out: list[ProviderSpec] = []
+    run: list[ProviderSpec] = []
+    for spec in specs:
+        if spec.name in LOCAL_PROVIDERS:
+            out.extend(sorted(run, key=price))
+            run = []
+            out.append(spec)
+        else:
+            run.append(spec)
+    out.extend(sorted(run, key=price))
+    return out
+
+
+def deadline_settings(settings: Settings) -> dict[Slot, DeadlineSettings]:
+    """The ceilings from settings, on top of the library's defaults."""
+    from dataclasses import replace
+
+    def ceiling(slot: Slot, ceiling_s: float, **more: float) -> DeadlineSettings:
+        base = DEFAULT_DEADLINES[slot]
+        return replace(base, floor_s=min(base.floor_s, ceiling_s), ceiling_s=ceiling_s, **more)
+
+    return {
+        "llm": ceiling("llm", settings.llm_first_token_timeout),
+        "tts": ceiling("tts", settings.tts_first_audio_timeout),
+        "stt": ceiling(
+            "stt", settings.stt_first_result_timeout, stall_s=settings.stt_stall_timeout
+        ),
+    }
+
+
+@dataclass
+class CallRuntime:
+    """The chains of one call and what watches them; ``aclose`` releases all of it."""
+
+    chains: Chains
+    store: HealthStore
+    switches: SwitchTracker
+    health_log: HealthLogger
+    usage: CallUsage
+    switch_listeners: list[Callable[[SwitchEvent], None]] = field(default_factory=list)
+
+    # What callers of build_session use from the chains, spelled out.
+    @property
+    def stt(self) -> Any:
+        return self.chains.stt
+
+    @property
+    def llm(self) -> Any:
+        return self.chains.llm
+
+    @property
+    def tts(self) -> Any:
+        return self.chains.tts
+
+    @property
+    def order(self) -> dict[Slot, list[str]]:
+        return self.chains.order
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return self.chains.skipped
+
+    @property
+    def guards(self) -> dict[str, Any]:
+        return self.chains.guards
+
+    def on_switch(self, listener: Callable[[SwitchEvent], None]) -> None:
+        self.switches.subscribe(listener)
+
+    async def aclose(self) -> None:
+        try:
+            await self.health_log.aclose()
+        except Exception:
+            log.exception("final health status failed")
+        log.info(self.usage.summary(), usage=self.usage.totals())
+        await self.chains.aclose()
+        await self.store.aclose()
+
+
+def build_call_runtime(
+    settings: Settings,
+    *,
+    vad: Any,
+    call_id: str,
+    lead_sink: LeadSink | None = None,
+    observers: Sequence[GuardObserver] = (),
+    company: str | None = None,
+) -> CallRuntime:
+    store = open_health_store(settings)
+    specs = call_specs(settings, company=company)
+    # Observers must exist before the chains (guards take them at construction); the ones that
+    # need the final chain order learn it right after.
+    switches = SwitchTracker({})
+    usage = CallUsage()
+    chains = build_chains(
+        specs,
+        store,
+        vad=vad,
+        observers=[switches, usage, _METRICS, *observers],
+        deadlines=deadline_settings(settings),
+        lead_sink=lead_sink,
+    )
+    names = {slot: [k.partition(":")[2] for k in keys] for slot, keys in chains.order.items()}
+    switches.set_chains(names)
+    health_log = HealthLogger(
+        store, names, interval_s=settings.health_check_interval, call_id=call_id
+    )
+    chains_observers = [health_log]
+    for guarded in chains.guards.values():
+        guarded.guard.observers.extend(chains_observers)
+    switches.subscribe(health_log.on_switch)
+    switches.subscribe(lambda e: _METRICS.on_failover(e.slot, e.from_provider or "", e.to_provider))
+    health_log.start()
+    return CallRuntime(chains, store, switches, health_log, usage)

@@ -1,0 +1,147 @@
+"""Graceful drain: LiveKit's own, plus delivering the journal before the process exits.
+
+In ``start`` mode LiveKit already drains on SIGTERM/SIGINT (``cli._run_worker``): the worker
+reports ``WS_FULL`` with ``draining``, refuses new jobs, waits for running jobs up to
+``drain_timeout``, then closes its process pool; a second signal exits at once (``os._exit``).
+What LiveKit cannot know is that our calls leave work behind: each call's transcript note (and
+any CRM write) sits in the durable journal until the deliverer sends it. So this module adds
+
+* :class:`JournalFlush`: the worker process's deliverer. One pass at start (it also closes the
+  calls of job processes that died, so their transcripts are queued) and a loop while the worker
+  runs; after the last call has ended, a final drain bounded by ``flush_timeout_s``.
+* :class:`DrainingServer`: an ``AgentServer`` whose ``aclose()`` (called by LiveKit after its
+  drain, i.e. after every job process is gone) runs that final flush.
+
+The journal is SQLite with one fsync'd transaction per record, so the forced exit of a second
+signal can cut delivery short but cannot corrupt it: what was not delivered is delivered by the
+next worker that starts on the same data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from livekit.agents import AgentServer
+
+from agent.load import WorkerLoad
+from agent.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+FLUSH_TIMEOUT_S = 20.0
+
+
+class JournalFlush:
+    """Delivers the journal's outbox from the worker process: at start, while running, at end."""
+
+    def __init__(self, settings: Settings, *, flush_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        self._settings = settings
+        self.flush_timeout_s = flush_timeout_s
+        self._deliverer: Any = None
+        self._client: Any = None
+        self._store: Any = None
+        self.flushed: bool | None = None  # the final drain's result, once it ran
+
+    @property
+    def configured(self) -> bool:
+        s = self._settings
+        return bool(s.secret("ghl_api_key") and s.ghl_location_id and s.secret("encryption_key"))
+
+    async def start(self) -> None:
+        if not self.configured:
+            log.info(
+                "journal delivery off: set GHL_API_KEY, GHL_LOCATION_ID and ENCRYPTION_KEY to "
+                "deliver transcripts and CRM writes"
+            )
+            return
+        from agent.crm.ghl_client import GhlClient
+        from agent.journal.deliverer import OutboxDeliverer
+        from agent.journal.store import JournalStore
+
+        s = self._settings
+        Path(s.data_dir).mkdir(parents=True, exist_ok=True)
+        self._store = JournalStore.in_dir(s.data_dir, s.secret("encryption_key"))
+        self._client = GhlClient(
+            api_key=s.secret("ghl_api_key") or "",
+            location_id=s.ghl_location_id or "",
+            base_url=str(s.ghl_base_url).rstrip("/"),
+        )
+        self._deliverer = OutboxDeliverer(self._store, self._client)
+        report = await self._deliverer.deliver_once()
+        log.info(
+            "journal delivery started",
+            delivered=report.delivered,
+            recovered_calls=report.recovered_calls,
+            waiting=report.waiting,
+        )
+        self._deliverer.start()
+
+    async def flush(self) -> bool | None:
+        """The final drain; True when nothing is left to deliver, None when delivery is off."""
+        if self._deliverer is None:
+            return None
+        await self._deliverer.aclose()
+        try:
+            self.flushed = await self._deliverer.drain(self.flush_timeout_s)
+        except Exception:
+            log.exception("journal flush failed; undelivered items stay in the journal")
+            self.flushed = False
+        pending = len(self._store.pending())
+        log.info("journal flushed" if self.flushed else "journal left pending", pending=pending)
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+        self._store.close()
+        self._deliverer = None
+        return self.flushed
+
+
+class DrainingServer(AgentServer):
+    """An ``AgentServer`` that flushes the journal after LiveKit's drain has let calls end."""
+
+    def __init__(self, *, journal: JournalFlush | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.journal = journal
+        self._journal_start: asyncio.Task[None] | None = None
+        if journal is not None:
+            self.on("worker_started", self._start_journal)
+
+    def _start_journal(self) -> None:
+        assert self.journal is not None
+        self._journal_start = asyncio.get_running_loop().create_task(
+            self.journal.start(), name="journal-delivery-start"
+        )
+
+    async def aclose(self) -> None:
+        await super().aclose()  # every job process has exited: their calls are journaled
+        if self.journal is None:
+            return
+        if self._journal_start is not None:
+            with contextlib.suppress(Exception):
+                await self._journal_start
+        await self.journal.flush()
+
+
+def production_server(
+    settings: Settings,
+    *,
+    setup_fnc: Callable[..., Any],
+    health_port: int = 8081,
+    journal: JournalFlush | None = None,
+) -> DrainingServer:
+    """The worker's ``AgentServer`` with the production options: our load function and
+    threshold, the drain timeout, the health port, metrics, and the journal flush."""
+    options: dict[str, Any] = {
+        "setup_fnc": setup_fnc,
+        "load_fnc": WorkerLoad(settings.data_dir),
+        "load_threshold": settings.load_threshold,
+        "drain_timeout": settings.drain_timeout,
+        "port": health_port,
+    }
+    if settings.metrics_port is not None:
+        options["prometheus_port"] = settings.metrics_port
+    return DrainingServer(journal=journal or JournalFlush(settings), **options)
