@@ -101,14 +101,37 @@ class JournalFlush:
 
 
 class DrainingServer(AgentServer):
-    """An ``AgentServer`` that flushes the journal after LiveKit's drain has let calls end."""
+    """An ``AgentServer`` that flushes the journal after LiveKit's drain has let calls end.
 
-    def __init__(self, *, journal: JournalFlush | None = None, **options: Any) -> None:
+    It also runs what belongs to the machine rather than to a call: the background reader of
+    each provider's remaining credit (one per worker, not one per call).
+    """
+
+    def __init__(
+        self,
+        *,
+        journal: JournalFlush | None = None,
+        settings: Settings | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
         self.journal = journal
+        self._settings = settings
         self._journal_start: asyncio.Task[None] | None = None
+        self._credit: Any = None
         if journal is not None:
             self.on("worker_started", self._start_journal)
+        if settings is not None:
+            self.on("worker_started", self._start_credit_watch)
+
+    def _start_credit_watch(self) -> None:
+        from agent.call import call_specs, open_health_store
+        from plugins.observability.credit_watch import CreditWatcher
+
+        assert self._settings is not None
+        specs = call_specs(self._settings)
+        self._credit = CreditWatcher(specs, open_health_store(self._settings))
+        self._credit.start()
 
     def _start_journal(self) -> None:
         assert self.journal is not None
@@ -118,6 +141,8 @@ class DrainingServer(AgentServer):
 
     async def aclose(self) -> None:
         await super().aclose()  # every job process has exited: their calls are journaled
+        if self._credit is not None:
+            await self._credit.aclose()
         if self.journal is None:
             return
         if self._journal_start is not None:
@@ -143,5 +168,7 @@ def production_server(
         "port": health_port,
     }
     if settings.metrics_port is not None:
+        # Every job process writes its series there; the worker's /metrics aggregates them.
         options["prometheus_port"] = settings.metrics_port
-    return DrainingServer(journal=journal or JournalFlush(settings), **options)
+        options["prometheus_multiproc_dir"] = str(Path(settings.data_dir) / "prometheus")
+    return DrainingServer(journal=journal or JournalFlush(settings), settings=settings, **options)

@@ -85,23 +85,51 @@ async def build_session(
 # job process then failed to start). create_server() takes its options (load function and
 # threshold, drain timeout, health port, journal flush on shutdown) from agent/drain.py.
 async def entrypoint(ctx: JobContext) -> None:
+    from agent.call_crm import CallCrm
     from agent.load import JobLoadReporter
     from agent.sales_agent import SalesAgent
 
     cfg: Settings = ctx.proc.userdata.get("settings") or load_settings()
-    ctx.log_context_fields = {"room": ctx.room.name, "job_id": ctx.job.id}
-    session, chains = await build_session(cfg, vad=ctx.proc.userdata["vad"], call_id=ctx.job.id)
-    stop_load_report = JobLoadReporter(cfg.data_dir, ctx.job.id).watch(chains)
+    call_id = ctx.job.id
+    ctx.log_context_fields = {"room": ctx.room.name, "job_id": call_id}
+    runtime: CallRuntime | None = None
+    crm = CallCrm.open(
+        cfg, call_id, usage_summary=lambda: runtime.usage.summary() if runtime else None
+    )
+    session, runtime = await build_session(
+        cfg,
+        vad=ctx.proc.userdata["vad"],
+        call_id=call_id,
+        lead_sink=crm.lead_sink if crm else None,
+    )
+    stop_load_report = JobLoadReporter(cfg.data_dir, call_id).watch(runtime)
+    if crm is not None:
+        crm.recorder.attach(session)  # every item appended (and fsync'd) as it happens
+        runtime.on_switch(crm.on_switch)
 
-    async def _end_load_report() -> None:
+    async def _end_call() -> None:
         stop_load_report()
+        assert runtime is not None
+        if crm is not None:
+            crm.recorder.finish(usage_summary=runtime.usage.summary())
+            await crm.aclose()
+        await runtime.aclose()
 
-    ctx.add_shutdown_callback(_end_load_report)
+    ctx.add_shutdown_callback(_end_call)
     await session.start(
-        agent=SalesAgent(greeting="Hi, this is Alex from Acme Growth. How can I help you today?"),
+        agent=SalesAgent(
+            greeting="Hi, this is Alex from Acme Growth. How can I help you today?",
+            tools=[crm.tools] if crm is not None and crm.tools is not None else [],
+        ),
         room=ctx.room,
     )
     await ctx.connect()
+    if crm is not None and crm.tools is not None:
+        # A phone caller (SIP) is looked up while the greeting plays.
+        participant = await ctx.wait_for_participant()
+        phone = participant.attributes.get("sip.phoneNumber")
+        if phone:
+            crm.tools.start_caller_lookup(phone)
 
 
 def health_port() -> int:
