@@ -45,6 +45,9 @@ from plugins.spec import ProviderSpec, Slot
 
 log = structlog.get_logger(__name__)
 
+#: Never hedge sooner than this: a provider's ordinary jitter is not lateness.
+HEDGE_MIN_S = 0.05
+
 Guarded = GuardedSTT | GuardedLLM | GuardedTTS
 
 
@@ -213,7 +216,9 @@ def _hedge_after(member: llm.LLM[Any]) -> float | None:
     if not isinstance(member, GuardedLLM):
         return None
     p95 = member.guard.deadline.p95
-    return None if p95 is None else min(p95, member.guard.deadline.first_s * 0.75)
+    if p95 is None:
+        return None
+    return min(max(p95, HEDGE_MIN_S), member.guard.deadline.first_s * 0.75)
 
 
 def _loop_running() -> bool:

@@ -16,8 +16,16 @@ from livekit.agents import APIConnectOptions, llm
 from livekit.agents.llm import ChatChunk, ChatContext, Tool, ToolChoice
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
-from plugins.resilience.errors import EmptyResultError, ProviderUnavailableError
+from plugins.resilience.errors import (
+    ClassifiedError,
+    EmptyResultError,
+    ProviderUnavailableError,
+)
 from plugins.resilience.guard import UNIT_LLM, Guard, Pump, deadline_error
+from plugins.resilience.types import FailureKind
+
+#: statuses a provider answers an assistant prefill it does not accept with
+_REFUSED = frozenset({400, 422})
 
 
 class GuardedLLM(llm.LLM[Never]):
@@ -100,7 +108,7 @@ class GuardedLLM(llm.LLM[Never]):
                     ) from None
                 if chunk is None:
                     raise EmptyResultError(f"{self.guard.key} answered the probe with nothing")
-                if chunk.delta and (chunk.delta.content or chunk.delta.tool_calls):
+                if chunk.delta and _visible(chunk.delta):
                     return time.perf_counter() - started
         finally:
             await pump.aclose()
@@ -175,19 +183,41 @@ class GuardedLLMStream(llm.LLMStream):
                 last = time.perf_counter()
                 if chunk.usage is not None:
                     tokens = max(tokens, chunk.usage.total_tokens)
-                if ttft is None and chunk.delta and (chunk.delta.content or chunk.delta.tool_calls):
+                if ttft is None and chunk.delta and _visible(chunk.delta):
                     ttft = last - started
                 self._event_ch.send_nowait(chunk)
             if ttft is None:
-                raise EmptyResultError(f"{guard.key} returned no text and no tool call")
+                raise EmptyResultError(
+                    f"{guard.key} returned no text (or only whitespace) and no tool call"
+                )
         except asyncio.CancelledError:
             raise
         except ProviderUnavailableError:
             raise
         except Exception as e:
-            raise await guard.failed(e, since) from e
+            failure = guard.classify(e, since)
+            if _ends_on_assistant(self.chat_ctx) and failure.status in _REFUSED:
+                # a provider refusing an assistant prefill says nothing about its health
+                failure = dataclasses.replace(
+                    failure,
+                    kind=FailureKind.REQUEST_FAULT,
+                    message=f"assistant prefill refused: {failure.message}",
+                )
+            await guard.record_failure(failure)
+            raise ClassifiedError(guard.key, failure) from e
         finally:
             await pump.aclose()
             await inner.aclose()
             guard.usage(UNIT_LLM, float(tokens))
         guard.succeeded(ttft)
+
+
+def _visible(delta: llm.ChoiceDelta) -> bool:
+    """Text a caller would hear, or a tool call: whitespace alone is an empty answer."""
+    return bool((delta.content or "").strip() or delta.tool_calls)
+
+
+def _ends_on_assistant(ctx: ChatContext) -> bool:
+    """Whether the request asks the model to continue a trailing assistant message."""
+    messages = ctx.messages()
+    return bool(messages) and messages[-1].role == "assistant"

@@ -147,7 +147,11 @@ def run_cli(
 
     async def serve() -> None:
         await sim.start(args.host, args.port)
-        print(f"{sim.name} simulator listening on {sim.base_url}", flush=True)
+        print(
+            f"{sim.name} simulator listening on {sim.base_url} "
+            f"(faults: {sim.origin}/_sim/faults, attempts: {sim.origin}/_sim/attempts)",
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,368 @@
+"""``python -m bench.midstream``: what the caller hears when a provider fails mid-stream.
+
+For each case (an LLM answer cut, stalled or empty; a voice cut, stalled or silent on the
+first request, after some audio; a recogniser stalled or cut while the caller speaks) the same plugins and
+simulators run twice in the same process: behind our mid-stream adapters
+(``build_chains(midstream=True)``) and behind LiveKit's stock ``FallbackAdapter`` over the
+same guarded providers (``midstream=False``), so the only difference is the adapter.
+
+Measured per case:
+* **gap**: the longest silence the caller gets at the switch. LLM: the longest pause between
+  two pieces of the answer text. TTS: the audio is played out in real time as it arrives
+  (as the room would), and the gap is the longest stretch the player had nothing to play.
+  STT: the time from the end of the caller's speech to the final transcript.
+* **recover**: from the failure to the first output of the next provider (LLM, TTS).
+* **complete**: the words the caller got against a healthy run (LLM text, TTS audio
+  transcribed with PocketSphinx, STT transcript), with repeats and misses counted.
+
+Prints a table with ratios and writes it to ``bench/results/midstream.md``. Bounded: each
+request has a time limit, and the whole run takes well under four minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from livekit.agents import utils
+
+from plugins.chain import build_chains
+from plugins.resilience.breaker import BreakerConfig
+from plugins.resilience.deadlines import DEFAULT_DEADLINES
+from plugins.resilience.guard_tts import SILENCE_PEAK
+from plugins.resilience.midstream_llm import ContinuingLLMStream
+from plugins.resilience.store import StoreConfig, open_store
+from plugins.resilience.stt_replay import ReplaySTTAdapter
+from plugins.sim.cartesia_sim import CartesiaSimulator
+from plugins.sim.deepgram_sim import DeepgramSimulator
+from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
+from plugins.sim.faults import Fault, FaultType
+from plugins.sim.openai_sim import OpenAISimulator
+from plugins.spec import ProviderSpec
+from tests.midstream_fixtures import answer, recognize, speak, speech_frames, transcribe, words
+
+RESULTS = Path(__file__).parent / "results" / "midstream.md"
+QUESTION = "Hi, what do you sell and how much does it cost?"
+TEXT = (
+    "Thanks for calling Sunny Solar today. "
+    "We install panels and batteries for homes. "
+    "Would you like to book a free visit?"
+)
+UTTERANCE = "I would like to book an appointment for next week please"
+
+
+@dataclass
+class Outcome:
+    gap_s: float | None  # None: the caller never got the rest
+    recover_s: float | None
+    got: list[str]
+    error: str | None = None
+
+
+def lcs(expected: list[str], got: list[str]) -> int:
+    """Length of the longest common subsequence: the expected words got, in order."""
+    n, m = len(expected), len(got)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            table[i][j] = (
+                table[i + 1][j + 1] + 1
+                if expected[i] == got[j]
+                else max(table[i + 1][j], table[i][j + 1])
+            )
+    return table[0][0]
+
+
+def compare(expected: list[str], got: list[str]) -> str:
+    """``n/m words`` in order, plus the extra (repeated or wrong) words."""
+    common = lcs(expected, got)
+    n, extra = len(expected), len(got) - common
+    return f"{common}/{n} words" + (f", {extra} extra" if extra else "")
+
+
+def fmt_ms(value: float | None) -> str:
+    return "never" if value is None else f"{value * 1000:.0f} ms"
+
+
+def ratio(stock: float | None, ours: float | None) -> str:
+    if ours is None:
+        return "-"
+    if stock is None:
+        return "stock never recovers"
+    if max(stock, ours) < 0.02:
+        return "same (both < 20 ms)"
+    return f"{stock / max(ours, 1e-3):.1f}x"
+
+
+def playout_gap(arrivals: list[tuple[float, float]]) -> float:
+    """Longest underrun of a real-time player fed (arrival time, duration) frames."""
+    if not arrivals:
+        return 0.0
+    t_play = arrivals[0][0]
+    worst = 0.0
+    for at, duration in arrivals:
+        start = max(t_play, at)
+        worst = max(worst, start - t_play)
+        t_play = start + duration
+    return worst
+
+
+def _store(tmp: str) -> Any:
+    config = StoreConfig(breaker=BreakerConfig(consecutive_failures=1, max_jitter_s=0.0))
+    return open_store(None, Path(tmp), config=config)
+
+
+# -- LLM --------------------------------------------------------------------------------------
+async def llm_case(fault: Fault | None, *, ours: bool, reply: str | None = None) -> Outcome:
+    async with OpenAISimulator(flavor="openrouter") as a, OpenAISimulator() as b:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = _store(tmp)
+            specs = [
+                ProviderSpec("llm", "openrouter", base_url=a.base_url, api_key="sim-key"),
+                ProviderSpec("llm", "openai", base_url=b.base_url, api_key="sim-key"),
+            ]
+            chains = build_chains(specs, store, probes=False, midstream=ours)
+            try:
+                await answer(chains.llm, "hello", time.perf_counter)  # warm connections
+                if fault is not None:
+                    a.state.plan.once(fault)
+                if reply is not None:
+                    a.brain.script_replies([reply])
+                streams: list[Any] = []
+                original = chains.llm.chat
+
+                def chat(**kw: Any) -> Any:
+                    streams.append(original(**kw))
+                    return streams[-1]
+
+                chains.llm.chat = chat  # type: ignore[method-assign]
+                heard = await answer(chains.llm, QUESTION, time.perf_counter)
+            finally:
+                await chains.aclose()
+                await store.aclose()
+    switches = (
+        streams[0].switches if streams and isinstance(streams[0], ContinuingLLMStream) else []
+    )
+    recover = switches[0][2] if switches else None
+    complete = heard.error is None
+    gap = heard.max_gap_s if complete else None
+    if complete and recover is None and (fault is not None or reply is not None):
+        recover = heard.max_gap_s
+    return Outcome(gap, recover if complete else None, words(heard.text), heard.error)
+
+
+async def hedge_case(*, hedge: bool, ours: bool) -> float | None:
+    """Time to first token when the primary is slow (1.5 s) after its p95 was learned."""
+    async with OpenAISimulator(flavor="openrouter") as a, OpenAISimulator() as b:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = _store(tmp)
+            specs = [
+                ProviderSpec("llm", "openrouter", base_url=a.base_url, api_key="sim-key"),
+                ProviderSpec("llm", "openai", base_url=b.base_url, api_key="sim-key"),
+            ]
+            chains = build_chains(specs, store, probes=False, midstream=ours, hedge_requests=hedge)
+            try:
+                for _ in range(6):  # learn the primary's latency
+                    await answer(chains.llm, QUESTION, time.perf_counter)
+                a.state.plan.once(Fault(FaultType.SLOW_FIRST, delay_s=1.5))
+                started = time.perf_counter()
+                heard = await answer(chains.llm, QUESTION, time.perf_counter)
+            finally:
+                await chains.aclose()
+                await store.aclose()
+    return heard.times[0] - started if heard.times and heard.error is None else None
+
+
+# -- TTS --------------------------------------------------------------------------------------
+async def tts_case(fault: Fault | None, *, ours: bool) -> tuple[Outcome, list[str]]:
+    async with (
+        utils.http_context.open(),
+        CartesiaSimulator() as a,
+        ElevenLabsSimulator() as b,
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            store = _store(tmp)
+            specs = [
+                ProviderSpec("tts", "cartesia", base_url=a.base_url, api_key="sim-key"),
+                ProviderSpec("tts", "elevenlabs", base_url=b.base_url, api_key="sim-key"),
+            ]
+            chains = build_chains(specs, store, probes=False, midstream=ours)
+            try:
+                await speak(chains.tts, "Hello there.", time.perf_counter)  # warm
+                if fault is not None:
+                    # the same fault for both: the first request fails after some audio
+                    a.state.plan.once(fault)
+                arrivals: list[tuple[float, float, bool]] = []
+                spoken = await _speak_timed(chains.tts, arrivals)
+            finally:
+                await chains.aclose()
+                await store.aclose()
+    heard = words(transcribe(spoken[0], spoken[1])) if spoken[0].size else []
+    audible = [at for at, _, loud in arrivals if loud]
+    recover = max((b - a for a, b in itertools.pairwise(audible)), default=None)
+    gap = playout_gap([(at, d) for at, d, _ in arrivals]) if spoken[2] is None else None
+    if spoken[2] is not None:
+        recover = None
+    return Outcome(gap, recover, heard, spoken[2]), heard
+
+
+async def _speak_timed(
+    model: Any, arrivals: list[tuple[float, float, bool]]
+) -> tuple[np.ndarray, int, str | None]:
+    pieces: list[np.ndarray] = []
+    error = None
+    try:
+        async with model.stream() as stream:
+            for i in range(0, len(TEXT), 12):
+                stream.push_text(TEXT[i : i + 12])
+            stream.end_input()
+            async for audio in stream:
+                data = np.frombuffer(audio.frame.data, dtype=np.int16).copy()
+                pieces.append(data)
+                loud = bool(data.size) and int(np.abs(data).max()) > SILENCE_PEAK
+                arrivals.append((time.perf_counter(), audio.frame.duration, loud))
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+    pcm = np.concatenate(pieces) if pieces else np.zeros(0, np.int16)
+    return pcm, model.sample_rate, error
+
+
+# -- STT --------------------------------------------------------------------------------------
+async def stt_case(fault: Fault | None, *, ours: bool, frames: list[Any]) -> Outcome:
+    async with utils.http_context.open(), DeepgramSimulator() as sim:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = _store(tmp)
+            spec = ProviderSpec("stt", "deepgram", base_url=sim.base_url, api_key="sim-key")
+            chains = build_chains([spec], store, probes=False, midstream=ours)
+            try:
+                if fault is not None:
+                    sim.state.plan.always(fault)
+                started = time.perf_counter()
+                text, error = await recognize(chains.stt, frames, pace=1.0)
+                speech_end = started + sum(f.duration for f in frames) - 1.0  # trailing 1 s
+                done = time.perf_counter()
+            finally:
+                await chains.aclose()
+                await store.aclose()
+    switches = chains.stt.switches if isinstance(chains.stt, ReplaySTTAdapter) else []
+    recover = switches[0].recovered_s if switches else None
+    got = words(text)
+    gap = max(0.0, done - speech_end) if got and error is None else None
+    return Outcome(gap, recover, got, error)
+
+
+# -- the run ----------------------------------------------------------------------------------
+async def timed(coro: Awaitable[Any], limit: float) -> Any:
+    return await asyncio.wait_for(coro, limit)
+
+
+async def main_async(limit: float) -> str:
+    from plugins.local.hibari_tts import HibariEngine
+    from plugins.local.sphinx_stt import SphinxEngine
+
+    SphinxEngine.shared()
+    HibariEngine.shared().synthesize("warm up")
+    rows: list[str] = []
+
+    def row(case: str, expected: list[str], ours: Outcome, stock: Outcome) -> None:
+        for outcome in (ours, stock):
+            if lcs(expected, outcome.got) < 0.9 * len(expected):  # the rest never came
+                outcome.gap_s = outcome.recover_s = None
+        line = (
+            f"| {case} | {fmt_ms(ours.gap_s)} | {fmt_ms(stock.gap_s)} | "
+            f"{ratio(stock.gap_s, ours.gap_s)} | {fmt_ms(ours.recover_s)} | "
+            f"{fmt_ms(stock.recover_s)} | "
+            f"{compare(expected, ours.got)} | {compare(expected, stock.got)} |"
+        )
+        rows.append(line)
+        print(line, flush=True)
+
+    llm_cases: list[tuple[str, Fault | None, str | None]] = [
+        ("llm cut mid-answer", Fault(FaultType.CUT, after_chunks=6), None),
+        ("llm stall mid-answer", Fault(FaultType.STALL, after_chunks=6), None),
+        ("llm empty reply", Fault(FaultType.EMPTY), None),
+        ("llm blank reply", None, "   "),
+    ]
+    healthy = await timed(llm_case(None, ours=True), limit)
+    for name, fault, reply in llm_cases:
+        ours = await timed(llm_case(fault, ours=True, reply=reply), limit)
+        stock = await timed(llm_case(fault, ours=False, reply=reply), limit)
+        row(name, healthy.got, ours, stock)
+
+    hedged = await timed(hedge_case(hedge=True, ours=True), limit)
+    unhedged = await timed(hedge_case(hedge=False, ours=True), limit)
+    stock_first = await timed(hedge_case(hedge=False, ours=False), limit)
+    line = (
+        f"| llm slow first token (1.5 s), hedge_requests | first token {fmt_ms(hedged)} | "
+        f"first token {fmt_ms(stock_first)} | {ratio(stock_first, hedged)} | "
+        f"(ours without hedge: {fmt_ms(unhedged)}) | | | |"
+    )
+    rows.append(line)
+    print(line, flush=True)
+
+    healthy_tts, _ = await timed(tts_case(None, ours=True), limit)
+    for name, fault in [
+        ("tts cut mid-utterance", Fault(FaultType.CUT, after_chunks=25)),  # 1 s of audio
+        ("tts stall mid-utterance", Fault(FaultType.STALL, after_chunks=25)),
+        ("tts silent audio", Fault(FaultType.SILENT)),
+    ]:
+        ours, _ = await timed(tts_case(fault, ours=True), limit)
+        stock, _ = await timed(tts_case(fault, ours=False), limit)
+        row(name, healthy_tts.got, ours, stock)
+
+    frames = speech_frames(UTTERANCE)
+    healthy_stt = await timed(stt_case(None, ours=True, frames=frames), limit)
+    for name, fault in [
+        ("stt stall during speech", Fault(FaultType.STALL, after_chunks=0)),
+        ("stt cut during speech", Fault(FaultType.CUT, after_chunks=1)),
+    ]:
+        ours = await timed(stt_case(fault, ours=True, frames=frames), limit)
+        stock = await timed(stt_case(fault, ours=False, frames=frames), limit)
+        row(name, healthy_stt.got, ours, stock)
+
+    deadlines = ", ".join(
+        f"{slot} first {d.ceiling_s:g} s / stall {d.stall_s:g} s"
+        for slot, d in DEFAULT_DEADLINES.items()
+    )
+    header = (
+        "# Mid-stream failover: ours vs LiveKit's stock FallbackAdapter\n\n"
+        "Same plugins, simulators and guards in the same run; only the adapter differs.\n"
+        f"Default deadlines: {deadlines}.\n"
+        "gap: longest silence the caller gets (LLM: between answer pieces; TTS: real-time "
+        "playout underrun; STT: end of speech to final transcript). recover: failure to the "
+        "next provider's first output (TTS: longest wait between audible frames as they "
+        "arrive; STT: failure to the replayed utterance's transcript). 'never': the caller "
+        "never got the rest. words: the caller's words against a healthy run (TTS through "
+        "PocketSphinx), in order; 'extra' counts repeated or wrong words.\n\n"
+        "| case | gap ours | gap stock | stock/ours | recover ours | recover stock | "
+        "words ours | words stock |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    return header + "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--limit", type=float, default=30.0, help="seconds per request")
+    args = parser.parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    report = asyncio.run(main_async(args.limit))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(report)
+    print(report)
+    print(f"written to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Shared helpers for the mid-stream failover tests and ``bench.midstream``."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import llm, stt, tts
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@dataclass
+class Heard:
+    """What a caller got from one LLM answer: the text, and when each piece arrived."""
+
+    text: str = ""
+    times: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def max_gap_s(self) -> float:
+        return max((b - a for a, b in itertools.pairwise(self.times)), default=0.0)
+
+
+async def answer(model: llm.LLM[Any], question: str, clock: Any) -> Heard:
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content=question)
+    heard = Heard()
+    try:
+        async with model.chat(chat_ctx=ctx) as stream:
+            async for chunk in stream:
+                if chunk.delta and chunk.delta.content:
+                    heard.text += chunk.delta.content
+                    heard.times.append(clock())
+    except Exception as e:
+        heard.error = f"{type(e).__name__}: {e}"
+    return heard
+
+
+@dataclass
+class Spoken:
+    """What a caller got from one utterance: the audio, and when each audible frame came."""
+
+    pcm: np.ndarray
+    sample_rate: int
+    audible_times: list[float]
+    error: str | None = None
+
+    @property
+    def max_gap_s(self) -> float:
+        t = self.audible_times
+        return max((b - a for a, b in itertools.pairwise(t)), default=0.0)
+
+
+async def speak(model: tts.TTS[Any], text: str, clock: Any, *, chunk: int = 12) -> Spoken:
+    """Push ``text`` into a TTS stream a few characters at a time, as an LLM would."""
+    pieces: list[np.ndarray] = []
+    times: list[float] = []
+    error = None
+    try:
+        async with model.stream() as stream:
+            for i in range(0, len(text), chunk):
+                stream.push_text(text[i : i + chunk])
+            stream.end_input()
+            async for audio in stream:
+                data = np.frombuffer(audio.frame.data, dtype=np.int16)
+                pieces.append(data.copy())
+                if data.size and int(np.abs(data).max()) > 64:
+                    times.append(clock())
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+    pcm = np.concatenate(pieces) if pieces else np.zeros(0, np.int16)
+    return Spoken(pcm, model.sample_rate, times, error)
+
+
+def transcribe(pcm: np.ndarray, sample_rate: int) -> str:
+    from plugins.local.sphinx_stt import SphinxEngine
+
+    return SphinxEngine.shared().transcribe(pcm, sample_rate) if pcm.size else ""
+
+
+def speech_frames(text: str, rate: int = 16000) -> list[rtc.AudioFrame]:
+    """Real speech (hibari) with lead-in and trailing silence, as 20 ms frames at ``rate``."""
+    from plugins.local.hibari_tts import HibariEngine
+
+    engine = HibariEngine.shared()
+    pcm = engine.synthesize(text)
+    x = np.interp(
+        np.arange(0, len(pcm) * rate / engine.sample_rate) * engine.sample_rate / rate,
+        np.arange(len(pcm)),
+        pcm.astype(np.float32),
+    ).astype(np.int16)
+    x = np.concatenate([np.zeros(rate // 5, np.int16), x, np.zeros(rate, np.int16)])
+    step = rate // 50
+    return [
+        rtc.AudioFrame(x[i : i + step].tobytes(), rate, 1, len(x[i : i + step]))
+        for i in range(0, len(x) - step + 1, step)
+    ]
+
+
+async def recognize(
+    model: stt.STT[Any], frames: list[rtc.AudioFrame], *, pace: float = 0.5
+) -> tuple[str, str | None]:
+    """Stream ``frames`` at ``pace`` x real time; returns (final transcripts, error)."""
+    import asyncio
+
+    finals: list[str] = []
+    error: str | None = None
+    stream = model.stream()
+
+    async def feed() -> None:
+        for frame in frames:
+            stream.push_frame(frame)
+            await asyncio.sleep(frame.duration * pace)  # audio arrives at the line's pace
+        stream.end_input()
+
+    feeder = asyncio.create_task(feed())
+    try:
+        async for ev in stream:
+            final = ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT and ev.alternatives
+            if final and ev.alternatives[0].text.strip():
+                finals.append(ev.alternatives[0].text.strip())
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+    finally:
+        feeder.cancel()
+        await stream.aclose()
+    return " ".join(finals), error

@@ -1,0 +1,132 @@
+"""A voice failing mid-utterance resumes on the next voice: real plugins, real simulators."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from livekit.agents import tokenize, utils
+
+from plugins.chain import Chains, build_chains
+from plugins.resilience.deadlines import DeadlineSettings
+from plugins.resilience.store import DocumentStore
+from plugins.resilience.tts_resume import ResumingTTSAdapter
+from plugins.sim.cartesia_sim import CartesiaSimulator
+from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
+from plugins.sim.faults import Fault, FaultType
+from plugins.spec import ProviderSpec
+from tests.guard_fixtures import FakeClock, RecordingObserver, clock, store
+from tests.midstream_fixtures import speak, transcribe, words
+
+__all__ = ["clock", "store"]
+
+FAST = {"tts": DeadlineSettings(floor_s=0.3, ceiling_s=0.8, stall_s=0.5)}
+TEXT = (
+    "Thanks for calling Sunny Solar today. "
+    "We install panels and batteries for homes. "
+    "Would you like to book a free visit?"
+)
+
+
+@pytest.fixture(scope="module")
+def warm() -> None:
+    from plugins.local.hibari_tts import HibariEngine
+    from plugins.local.sphinx_stt import SphinxEngine
+
+    HibariEngine.shared().synthesize("warm up")
+    SphinxEngine.shared()
+
+
+@pytest.fixture
+async def sims(warm: None) -> AsyncIterator[tuple[CartesiaSimulator, ElevenLabsSimulator]]:
+    async with utils.http_context.open(), CartesiaSimulator() as a, ElevenLabsSimulator() as b:
+        yield a, b
+
+
+def _chains(
+    sims: tuple[CartesiaSimulator, ElevenLabsSimulator],
+    store: DocumentStore,
+    clock: FakeClock,
+    observer: RecordingObserver,
+    *,
+    midstream: bool = True,
+) -> Chains:
+    a, b = sims
+    specs = [
+        ProviderSpec("tts", "cartesia", base_url=a.base_url, api_key="sim-key"),
+        ProviderSpec("tts", "elevenlabs", base_url=b.base_url, api_key="sim-key"),
+    ]
+    return build_chains(
+        specs,
+        store,
+        deadlines=FAST,
+        clock=clock,
+        probes=False,
+        midstream=midstream,
+        observers=[observer],
+    )
+
+
+SENTENCES = tokenize.basic.SentenceTokenizer().tokenize(TEXT)
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        (Fault(FaultType.CUT, after_chunks=25), None),  # classified by errors.py
+        (Fault(FaultType.STALL, after_chunks=25), "stall"),  # 1 s heard
+        (Fault(FaultType.SILENT), "empty_result"),
+        (Fault(FaultType.EMPTY), "empty_result"),
+    ],
+    ids=["cut", "stall", "silent", "empty"],
+)
+async def test_failed_voice_resumes_at_the_first_unspoken_sentence(
+    sims: tuple[CartesiaSimulator, ElevenLabsSimulator],
+    store: DocumentStore,
+    clock: FakeClock,
+    fault: Fault,
+    kind: str | None,
+) -> None:
+    observer = RecordingObserver()
+    chains = _chains(sims, store, clock, observer)
+    chains_tts = chains.tts
+    assert isinstance(chains_tts, ResumingTTSAdapter)
+    sims[0].state.plan.once(fault)
+    try:
+        spoken = await speak(chains_tts, TEXT, time.perf_counter)
+    finally:
+        await chains.aclose()
+    assert spoken.error is None
+    # every sentence delivered whole exactly once, in order
+    assert [s for _, s in chains_tts.delivered] == SENTENCES
+    assert all("elevenlabs" in voice for voice, _ in chains_tts.delivered)
+    failures = observer.kinds("tts:cartesia")
+    assert len(failures) == 1 and (kind is None or failures[0] == kind)
+    heard = words(transcribe(spoken.pcm, spoken.sample_rate))
+    # the recogniser is imperfect; the last sentence's words must be there all the same
+    assert {"book", "visit"} & set(heard) or {"free", "would"} & set(heard), heard
+
+
+async def test_voice_change_mid_utterance_is_logged_with_the_sentence(
+    sims: tuple[CartesiaSimulator, ElevenLabsSimulator], store: DocumentStore, clock: FakeClock
+) -> None:
+    observer = RecordingObserver()
+    chains = _chains(sims, store, clock, observer)
+    adapter = chains.tts
+    assert isinstance(adapter, ResumingTTSAdapter)
+    # sentence 1 on Cartesia (a harmless rule uses up its request), then a cut on sentence 2
+    plan = sims[0].state.plan
+    plan.once(Fault(FaultType.SLOW_FIRST, delay_s=0.0))
+    plan.once(Fault(FaultType.CUT, after_chunks=1))
+    try:
+        spoken = await speak(adapter, TEXT, time.perf_counter)
+    finally:
+        await chains.aclose()
+    assert spoken.error is None
+    assert [s for _, s in adapter.delivered] == SENTENCES
+    voices = [v for v, _ in adapter.delivered]
+    assert "cartesia" in voices[0] and all("elevenlabs" in v for v in voices[1:])
+    assert len(adapter.switches) == 1
+    switch = adapter.switches[0]
+    assert switch.sentence == 1 and "cartesia" in switch.source and "elevenlabs" in switch.target
