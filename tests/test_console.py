@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+KEY = "0123456789abcdef0123456789abcdef"
 
 
 def _tmux(*args: str) -> str:
@@ -43,6 +44,7 @@ def test_console_text_answers_with_no_keys(tmp_path: Path) -> None:
         "PYTHONPATH": str(ROOT),
         "DATA_DIR": str(tmp_path / "data"),
         "TERM": "xterm",
+        "ENCRYPTION_KEY": KEY,
     }
     env_words = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     command = (
@@ -57,5 +59,18 @@ def test_console_text_answers_with_no_keys(tmp_path: Path) -> None:
         _tmux("send-keys", "-t", session, "Hi, how much does it cost?", "Enter")
         text = _wait_for(session, "forty nine dollars a month", 60)
         assert "Traceback" not in text
+        # The call was journaled as it happened: the transcript is readable with the key.
+        journal = subprocess.run(
+            [sys.executable, "-m", "agent", "journal", "list"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert journal.returncode == 0, journal.stderr
+        call_id = next(w for w in journal.stdout.split() if w.startswith("mock-job-"))
+        shown = subprocess.run(
+            [sys.executable, "-m", "agent", "journal", "show", call_id],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "how much does it cost" in shown.stdout.lower(), shown.stdout + shown.stderr
+        assert "forty nine dollars" in shown.stdout
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=30)
