@@ -170,6 +170,7 @@ class Settings(BaseSettings):
     budget_period: Literal["day", "month"] = "month"
     prefer_cheapest: bool = False
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    health_port: int = Field(default=8081, ge=0, le=65535)  # 0: any free port (tests)
     drain_timeout: int = Field(default=540, ge=0, le=7200)
     load_threshold: float = Field(default=0.75, gt=0, le=1)
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -7,7 +7,6 @@ local provider never waits for a model to load.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -132,19 +131,10 @@ async def entrypoint(ctx: JobContext) -> None:
             crm.tools.start_caller_lookup(phone)
 
 
-def health_port() -> int:
-    """LiveKit's health endpoint port (8081 in production); ``HEALTH_PORT`` overrides it."""
-    raw = os.environ.get("HEALTH_PORT", "8081")
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"Invalid setting HEALTH_PORT: not a port number (got {raw!r})") from None
-
-
 def create_server(settings: Settings) -> AgentServer:
     from agent.drain import production_server
 
-    server = production_server(settings, setup_fnc=prewarm, health_port=health_port())
+    server = production_server(settings, setup_fnc=prewarm, health_port=settings.health_port)
     server.rtc_session(entrypoint, agent_name=settings.agent_name)
     return server
 

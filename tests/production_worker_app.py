@@ -22,7 +22,7 @@ from livekit.agents import JobContext, cli
 
 from agent.drain import production_server
 from agent.settings import Settings, load_settings
-from agent.worker import build_session, health_port, prewarm
+from agent.worker import build_session, prewarm
 
 CALLER_PHONE = "+15555550123"
 CALLER_TURNS = (
@@ -71,7 +71,7 @@ async def phone_call(ctx: JobContext) -> None:
 
 def main() -> None:
     settings = load_settings()
-    server = production_server(settings, setup_fnc=prewarm, health_port=health_port())
+    server = production_server(settings, setup_fnc=prewarm, health_port=settings.health_port)
     server.rtc_session(phone_call, agent_name=settings.agent_name)
     cli.run_app(server)
 
