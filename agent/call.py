@@ -164,6 +164,7 @@ class CallRuntime:
         except Exception:
             log.exception("final health status failed")
         log.info(self.usage.summary(), usage=self.usage.totals())
+        self.switches.close()
         await self.chains.aclose()
         await self.store.aclose()
 
@@ -179,26 +180,22 @@ def build_call_runtime(
 ) -> CallRuntime:
     store = open_health_store(settings)
     specs = call_specs(settings, company=company)
-    # Observers must exist before the chains (guards take them at construction); the ones that
-    # need the final chain order learn it right after.
-    switches = SwitchTracker({})
     usage = CallUsage()
     chains = build_chains(
         specs,
         store,
         vad=vad,
-        observers=[switches, usage, _METRICS, *observers],
+        observers=[usage, _METRICS, *observers],
         deadlines=deadline_settings(settings),
         lead_sink=lead_sink,
     )
+    switches = SwitchTracker(chains)  # registers with the chains' adapters and guards
     names = {slot: [k.partition(":")[2] for k in keys] for slot, keys in chains.order.items()}
-    switches.set_chains(names)
     health_log = HealthLogger(
         store, names, interval_s=settings.health_check_interval, call_id=call_id
     )
-    chains_observers = [health_log]
     for guarded in chains.guards.values():
-        guarded.guard.observers.extend(chains_observers)
+        guarded.guard.observers.append(health_log)
     switches.subscribe(health_log.on_switch)
     switches.subscribe(lambda e: _METRICS.on_failover(e.slot, e.from_provider or "", e.to_provider))
     health_log.start()

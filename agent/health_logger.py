@@ -16,7 +16,13 @@ import structlog
 
 from plugins.observability.health_view import health_row, render_table
 from plugins.observability.switches import SwitchEvent
-from plugins.resilience.types import Admission, BreakerState, Failure, HealthStore
+from plugins.resilience.types import (
+    Admission,
+    BreakerState,
+    Failure,
+    HealthStore,
+    ProviderHealth,
+)
 
 log = structlog.get_logger("health")
 
@@ -90,10 +96,14 @@ class HealthLogger:
         wanted = {f"{slot}:{name}" for slot, names in self._chains.items() for name in names}
         healths = {h.key: h for h in await self._store.all_health() if h.key in wanted}
         for slot, names in self._chains.items():
+            # The floor is never guarded, so the store has no entry for it: it is always there.
             rows = [
-                health_row(healths[f"{slot}:{n}"], active=self._active.get(slot) == n)
+                health_row(
+                    healths.get(f"{slot}:{n}")
+                    or ProviderHealth(f"{slot}:{n}", BreakerState.CLOSED),
+                    active=self._active.get(slot) == n,
+                )
                 for n in names
-                if f"{slot}:{n}" in healths
             ]
             if not rows:
                 continue

@@ -124,17 +124,14 @@ class JobLoadReporter:
         """Follow a call's chains (``plugins.chain.Chains``): report the provider each slot
         is on now and after every switch. Returns a function that stops watching and removes
         the report."""
-        from agent.simulate.watcher import SwitchWatcher
+        from plugins.observability.switches import SwitchTracker
 
-        watcher = SwitchWatcher(
-            chains,
-            started_at=time.time(),
-            on_switch=lambda _switch: self.update({s: watcher.current(s) for s in SLOTS}),
-        )
-        self.update({slot: watcher.current(slot) for slot in SLOTS})
+        tracker = SwitchTracker(chains)
+        tracker.subscribe(lambda _event: self.update({s: tracker.current(s) for s in SLOTS}))
+        self.update({slot: tracker.current(slot) for slot in SLOTS})
 
         def stop() -> None:
-            watcher.close()
+            tracker.close()
             self.close()
 
         return stop

@@ -11,8 +11,8 @@ from typing import Any, TextIO
 
 from agent.simulate.runner import CallReport, TurnRecord
 from agent.simulate.scenarios import SCENARIOS, FaultStep
-from agent.simulate.watcher import Switch
 from plugins.observability.health_view import render_table
+from plugins.observability.switches import SwitchEvent
 
 
 def list_scenarios(out: TextIO) -> None:
@@ -47,7 +47,7 @@ class LiveWriter:
     def on_fault(self, at_s: float, step: FaultStep) -> None:
         self._line(f"[{at_s:6.2f}s] FAULT   {step.describe()}")
 
-    def on_switch(self, switch: Switch) -> None:
+    def on_switch(self, switch: SwitchEvent) -> None:
         arrow = f"{switch.from_provider or '-'} -> {switch.to_provider}"
         self._line(f"[{switch.at_s:6.2f}s] SWITCH  {switch.slot.upper()} {arrow} ({switch.reason})")
 

@@ -24,9 +24,9 @@ import structlog
 from agent.settings import Settings
 from agent.simulate.scenarios import SIM_PROVIDERS, SIMULATORS, FaultStep, Scenario, SimName
 from agent.simulate.simulators import Simulator, apply_fault, make_simulator, sim_settings
-from agent.simulate.watcher import Switch, SwitchWatcher
 from plugins.local.audio import resample
 from plugins.observability.health_view import HealthRow, health_row
+from plugins.observability.switches import SwitchEvent, SwitchTracker
 from plugins.sim.phone_line import AgentTurn, PhoneLine, PhoneLineTimeoutError
 from plugins.spec import LOCAL_PROVIDERS
 
@@ -54,7 +54,7 @@ class TurnRecord:
 class CallReport:
     scenario: Scenario
     turns: list[TurnRecord] = field(default_factory=list)
-    switches: list[Switch] = field(default_factory=list)
+    switches: list[SwitchEvent] = field(default_factory=list)
     health: list[HealthRow] = field(default_factory=list)
     chains: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -86,7 +86,7 @@ class Listener(Protocol):
 
     def on_start(self, report: CallReport) -> None: ...
 
-    def on_switch(self, switch: Switch) -> None: ...
+    def on_switch(self, switch: SwitchEvent) -> None: ...
 
     def on_turn(self, turn: TurnRecord) -> None: ...
 
@@ -99,7 +99,7 @@ class SilentListener:
     def on_start(self, report: CallReport) -> None:
         return None
 
-    def on_switch(self, switch: Switch) -> None:
+    def on_switch(self, switch: SwitchEvent) -> None:
         return None
 
     def on_turn(self, turn: TurnRecord) -> None:
@@ -181,13 +181,9 @@ async def run_scenario(
         for missing_name, why in missing.items():
             for slot, provider in SIM_PROVIDERS[missing_name]:
                 report.skipped[f"{slot}:{provider}"] = why
-        watcher = SwitchWatcher(
-            chains,
-            started_at=call_started,
-            on_switch=out.on_switch,
-        )
+        watcher = chains.switches  # the call's own tracker: what the health log sees too
+        watcher.subscribe(out.on_switch)
         report.switches = watcher.switches
-        stack.callback(watcher.close)
         out.on_start(report)
         inject(0, call_started)
 
@@ -228,7 +224,7 @@ async def _turn(waiting: Any) -> AgentTurn:
 
 def _record(
     report: CallReport,
-    watcher: SwitchWatcher,
+    watcher: SwitchTracker,
     turn: AgentTurn,
     call_started: float,
     turn_started: float,
@@ -254,7 +250,7 @@ def _record(
     out.on_turn(record)
 
 
-def _settle_providers(report: CallReport, watcher: SwitchWatcher, call_started: float) -> None:
+def _settle_providers(report: CallReport, watcher: SwitchTracker, call_started: float) -> None:
     """Who served each turn, once every late report is in.
 
     A guard may record a success a moment after the caller heard the answer, so the live
@@ -345,8 +341,8 @@ __all__ = [
     "CallReport",
     "Listener",
     "SilentListener",
-    "Switch",
-    "SwitchWatcher",
+    "SwitchEvent",
+    "SwitchTracker",
     "TurnRecord",
     "check_expectations",
     "run_scenario",
