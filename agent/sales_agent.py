@@ -8,10 +8,13 @@ from typing import Any
 from livekit.agents import Agent
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
+COMPANY = "Acme Growth"
+#: Spoken without an LLM round trip the moment the call starts, whatever the LLM chain's state.
+GREETING = f"Hi, this is Alex from {COMPANY}. How can I help you today?"
 
 
 def load_instructions(
-    *, company: str = "Acme Growth", caller_context: str = "", prompt_file: Path | None = None
+    *, company: str = COMPANY, caller_context: str = "", prompt_file: Path | None = None
 ) -> str:
     """Prompts live in files so that sales teams can edit them without touching code."""
     template = (prompt_file or PROMPT_DIR / "sales_agent.md").read_text(encoding="utf-8")
@@ -25,7 +28,7 @@ class SalesAgent(Agent):
     def __init__(
         self,
         *,
-        company: str = "Acme Growth",
+        company: str = COMPANY,
         caller_context: str = "",
         tools: list[Any] | None = None,
         greeting: str | None = None,

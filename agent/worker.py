@@ -86,7 +86,7 @@ async def build_session(
 async def entrypoint(ctx: JobContext) -> None:
     from agent.call_crm import CallCrm
     from agent.load import JobLoadReporter
-    from agent.sales_agent import SalesAgent
+    from agent.sales_agent import GREETING, SalesAgent
 
     cfg: Settings = ctx.proc.userdata.get("settings") or load_settings()
     call_id = ctx.job.id
@@ -117,7 +117,7 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.add_shutdown_callback(_end_call)
     await session.start(
         agent=SalesAgent(
-            greeting="Hi, this is Alex from Acme Growth. How can I help you today?",
+            greeting=GREETING,
             tools=[crm.tools] if crm is not None and crm.tools is not None else [],
         ),
         room=ctx.room,

@@ -60,7 +60,11 @@ async def _check_ghl(settings: Settings, http: aiohttp.ClientSession) -> Finding
     if not settings.ghl_location_id:
         return Finding("crm:ghl", False, "GHL_API_KEY is set but GHL_LOCATION_ID is not; set it")
     url = f"{str(settings.ghl_base_url).rstrip('/')}/locations/{settings.ghl_location_id}"
-    headers = {"Authorization": f"Bearer {key}", "Version": GHL_VERSION, "Accept": "application/json"}
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Version": GHL_VERSION,
+        "Accept": "application/json",
+    }
     try:
         async with asyncio.timeout(5), http.get(url, headers=headers) as resp:
             status = resp.status
@@ -79,7 +83,9 @@ async def _check_ghl(settings: Settings, http: aiohttp.ClientSession) -> Finding
     return Finding("crm:ghl", True, f"token {mask(key)} accepted for the location")
 
 
-async def _check_spec(spec: ProviderSpec, settings: Settings, http: aiohttp.ClientSession) -> Finding:
+async def _check_spec(
+    spec: ProviderSpec, settings: Settings, http: aiohttp.ClientSession
+) -> Finding:
     if spec.name in LOCAL_PROVIDERS:
         return Finding(spec.key, True, "local, always available")
     if spec.key == "stt:google":

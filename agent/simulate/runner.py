@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
+from agent.sales_agent import GREETING
 from agent.settings import Settings
 from agent.simulate.scenarios import SIM_PROVIDERS, SIMULATORS, FaultStep, Scenario, SimName
 from agent.simulate.simulators import Simulator, apply_fault, make_simulator, sim_settings
@@ -31,8 +32,6 @@ from plugins.sim.phone_line import AgentTurn, PhoneLine, PhoneLineTimeoutError
 from plugins.spec import LOCAL_PROVIDERS
 
 log = structlog.get_logger(__name__)
-
-GREETING = "Hi, this is Alex from Acme Growth. How can I help you today?"
 
 
 @dataclass
