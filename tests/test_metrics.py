@@ -72,10 +72,10 @@ async def test_quota_failure_and_skips_are_scraped(
     server = HttpServer("127.0.0.1", unused_tcp_port)
     await server.start()
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{unused_tcp_port}/metrics") as resp:
-                assert resp.status == 200
-                text = await resp.text()
+        url = f"http://127.0.0.1:{unused_tcp_port}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            assert resp.status == 200
+            text = await resp.text()
     finally:
         await server.aclose()
     samples = _samples(text)
