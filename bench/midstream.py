@@ -37,6 +37,7 @@ import numpy as np
 import structlog
 from livekit.agents import utils
 
+from bench.midstream_support import answer, recognize, speak, speech_frames, transcribe, words
 from plugins.chain import build_chains
 from plugins.resilience.breaker import BreakerConfig
 from plugins.resilience.deadlines import DEFAULT_DEADLINES
@@ -50,7 +51,6 @@ from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
 from plugins.sim.faults import Fault, FaultType
 from plugins.sim.openai_sim import OpenAISimulator
 from plugins.spec import ProviderSpec
-from tests.midstream_fixtures import answer, recognize, speak, speech_frames, transcribe, words
 
 RESULTS = Path(__file__).parent / "results" / "midstream.md"
 QUESTION = "Hi, what do you sell and how much does it cost?"

@@ -139,7 +139,9 @@ def build_chains(
             tap = ResponseTap()
             ctx = BuildContext(tap=tap, lead_sink=lead_sink)
             if entry.uses_aiohttp and _loop_running():
-                session = aiohttp.ClientSession(trace_configs=[tap.aiohttp_trace()])
+                session = aiohttp.ClientSession(
+                    trace_configs=[tap.aiohttp_trace()], ws_response_class=tap.websocket_class()
+                )
                 sessions.append(session)
                 ctx = BuildContext(http_session=session, tap=tap, lead_sink=lead_sink)
             try:

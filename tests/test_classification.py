@@ -8,6 +8,7 @@ import aiohttp
 import httpx
 import openai
 import pytest
+from aiohttp import http_exceptions, web
 from google.genai import errors as genai_errors
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -17,6 +18,8 @@ from plugins.resilience.errors import (
     ClassifiedError,
     DeadlineExceededError,
     EmptyResultError,
+    ResponseTap,
+    TappedResponse,
     TruncatedError,
     classify,
     retry_after_from_headers,
@@ -94,6 +97,35 @@ def _gemini(
             raise outer from e
     except BaseException as e:
         return e
+
+
+def _cut_body() -> BaseException:
+    """What the aiohttp plugins raise when a 200 body ends before its declared length."""
+    try:
+        try:
+            try:
+                raise http_exceptions.TransferEncodingError(
+                    "Not enough data to satisfy transfer length header."
+                )
+            except http_exceptions.TransferEncodingError as e:
+                raise aiohttp.ClientPayloadError(f"Response payload is not completed: {e!r}") from e
+        except aiohttp.ClientPayloadError as e:
+            raise APIConnectionError() from e
+    except BaseException as e:
+        return e
+
+
+def _elevenlabs_ws_close() -> BaseException:
+    """The elevenlabs plugin on a close frame: the code survives, the reason does not."""
+    return APIStatusError("ElevenLabs websocket connection closed unexpectedly", status_code=1008)
+
+
+def _elevenlabs_http_401() -> BaseException:
+    """The elevenlabs plugin on a 401 from /stream: reason phrase only, body dropped."""
+    return _wrapped(
+        APIStatusError("Unauthorized", status_code=401, body=None),
+        _aiohttp_error(401, "Unauthorized"),
+    )
 
 
 CASES: list[tuple[str, BaseException, FailureKind, float | None]] = [
@@ -357,6 +389,9 @@ CASES: list[tuple[str, BaseException, FailureKind, float | None]] = [
     ("truncated", TruncatedError("cut"), K.TRUNCATED, None),
     ("no audio frames", APIError("no audio frames were pushed for text: hi"), K.EMPTY_RESULT, None),
     ("408", APIStatusError("Request Timeout", status_code=408), K.TIMEOUT, None),
+    ("cartesia /tts/bytes body cut", _cut_body(), K.TRUNCATED, None),
+    # reason lost (no tap): not a rejected key, not an hour of quota; the probe tells which
+    ("elevenlabs 1008 close, reason unknown", _elevenlabs_ws_close(), K.IN_BAND_ERROR, None),
     ("unknown", RuntimeError("boom"), K.UNKNOWN, None),
 ]
 
@@ -369,6 +404,96 @@ def test_classification_table(
     assert failure.kind is kind, f"{name}: {failure}"
     if retry_after is not None:
         assert failure.retry_after_s == pytest.approx(retry_after)
+
+
+ELEVEN_QUOTA = (
+    "This request exceeds your quota of 10000. You have 0 credits remaining, while 91 credits "
+    "are required for this request."
+)
+
+TAPPED: list[tuple[str, BaseException, TappedResponse, FailureKind]] = [
+    (
+        "elevenlabs 1008 close, quota reason",
+        _elevenlabs_ws_close(),
+        (1008, {}, ELEVEN_QUOTA[:120]),  # a close reason is cut at 123 bytes
+        K.QUOTA_EXHAUSTED,
+    ),
+    (
+        "elevenlabs 1008 close, invalid key reason",
+        _elevenlabs_ws_close(),
+        (1008, {}, "Invalid API key"),
+        K.KEY_REJECTED,
+    ),
+    (
+        "elevenlabs 1008 close, server trouble",
+        _elevenlabs_ws_close(),
+        (1008, {}, "We are sorry, something went wrong. You are not charged for this request."),
+        K.IN_BAND_ERROR,
+    ),
+    (
+        "elevenlabs 401 quota_exceeded body (http probe)",
+        _elevenlabs_http_401(),
+        (401, {}, f'{{"detail": {{"status": "quota_exceeded", "message": "{ELEVEN_QUOTA}"}}}}'),
+        K.QUOTA_EXHAUSTED,
+    ),
+    (
+        "elevenlabs 401 invalid_api_key body (http probe)",
+        _elevenlabs_http_401(),
+        (401, {}, '{"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}'),
+        K.KEY_REJECTED,
+    ),
+    (
+        "another request's close code is not this error's",
+        _elevenlabs_http_401(),
+        (1008, {}, ELEVEN_QUOTA),
+        K.KEY_REJECTED,
+    ),
+    (
+        "a cut body ignores an error response the tap saw meanwhile",
+        _cut_body(),
+        (429, {"retry-after": "5"}, "Too Many Requests"),
+        K.TRUNCATED,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "exc", "response", "kind"), TAPPED, ids=[c[0] for c in TAPPED])
+def test_classification_with_what_the_tap_recovered(
+    name: str, exc: BaseException, response: TappedResponse, kind: FailureKind
+) -> None:
+    failure = classify(exc, response=response)
+    assert failure.kind is kind, f"{name}: {failure}"
+
+
+async def test_tap_keeps_the_close_reason_a_plugin_drops() -> None:
+    async def close_with(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close(code=int(request.query["code"]), message=request.query["why"].encode())
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", close_with)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    tap = ResponseTap()
+    try:
+        async with aiohttp.ClientSession(ws_response_class=tap.websocket_class()) as session:
+            since = tap.now()
+            async with session.ws_connect(f"http://127.0.0.1:{port}/ws?code=1000&why=bye") as ws:
+                assert (await ws.receive()).type is aiohttp.WSMsgType.CLOSE
+            assert tap.recent(since) is None  # a normal close is no error
+            async with session.ws_connect(
+                f"http://127.0.0.1:{port}/ws?code=1008&why=exceeds+your+quota"
+            ) as ws:
+                await ws.receive()
+                assert ws.close_code == 1008
+            assert tap.recent(since) == (1008, {}, "exceeds your quota")
+    finally:
+        await runner.cleanup()
 
 
 def test_request_faults_do_not_count_against_health() -> None:

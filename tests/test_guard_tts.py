@@ -13,12 +13,14 @@ from livekit.plugins import cartesia
 from plugins.chain import Chains, build_chains
 from plugins.local.pcm_tts import EngineTTS
 from plugins.resilience.deadlines import AdaptiveDeadline, DeadlineSettings
-from plugins.resilience.errors import ProviderUnavailableError
+from plugins.resilience.errors import ClassifiedError, ProviderUnavailableError
 from plugins.resilience.guard import Guard
 from plugins.resilience.guard_tts import GuardedTTS
 from plugins.resilience.store import DocumentStore
 from plugins.resilience.types import BreakerState, FailureKind
 from plugins.sim.cartesia_sim import REJECTED_KEY, CartesiaSimulator
+from plugins.sim.elevenlabs_sim import REJECTED_KEY as ELEVEN_REJECTED_KEY
+from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
 from plugins.sim.faults import Fault, FaultType
 from plugins.spec import ProviderSpec
 from tests.guard_fixtures import (
@@ -309,4 +311,123 @@ async def test_usage_and_cost_are_metered_per_provider(
     assert usage["characters"] == len(TEXT)
     assert usage["usd"] == pytest.approx(len(TEXT) * 0.001)
     assert (KEY, "usd", pytest.approx(len(TEXT) * 0.001)) in observer.usage
+    await chains.aclose()
+
+
+async def test_cut_audio_body_is_truncated(
+    sim: CartesiaSimulator, store: DocumentStore, clock: FakeClock
+) -> None:
+    # /tts/bytes cut mid-body: aiohttp's "Not enough data to satisfy transfer length header"
+    # carries its parser's 400, which is no status the provider sent
+    sim.state.plan.once(Fault(FaultType.CUT, after_chunks=3))
+    observer = RecordingObserver()
+    chains = _chains(sim, store, clock, observer)
+    with pytest.raises(ClassifiedError) as raised:
+        await synthesize(chains.guards[KEY], TEXT)
+    await _settle(chains)
+    assert raised.value.failure.kind is FailureKind.TRUNCATED
+    assert raised.value.failure.status is None
+    assert observer.kinds(KEY) == ["truncated"]
+    await chains.aclose()
+
+
+# -- ElevenLabs: 401 and 1008 mean a rejected key *or* exhausted quota ------------------------
+
+ELEVEN = "tts:elevenlabs"
+
+
+@pytest.fixture
+async def eleven(warm_engines: None) -> AsyncIterator[ElevenLabsSimulator]:
+    async with utils.http_context.open(), ElevenLabsSimulator() as s:
+        yield s
+
+
+def _eleven_chains(
+    sim: ElevenLabsSimulator,
+    store: DocumentStore,
+    clock: FakeClock,
+    observer: RecordingObserver,
+    *,
+    key: str = "sim-key",
+) -> Chains:
+    spec = ProviderSpec("tts", "elevenlabs", base_url=sim.base_url, api_key=key)
+    return build_chains(
+        [spec], store, observers=[observer], deadlines=FAST, clock=clock, probes=False
+    )
+
+
+async def _stream(adapter: GuardedTTS, text: str) -> bytes:
+    audio = bytearray()
+    stream = adapter.stream()
+    stream.push_text(text)
+    stream.end_input()
+    try:
+        async for chunk in stream:
+            audio += bytes(chunk.frame.data.cast("b"))
+    finally:
+        await stream.aclose()
+    return bytes(audio)
+
+
+async def test_elevenlabs_quota_close_on_the_socket_is_quota_and_so_is_the_probe(
+    eleven: ElevenLabsSimulator, store: DocumentStore, clock: FakeClock
+) -> None:
+    # the socket is closed with 1008 and the quota text; the plugin keeps only the code
+    eleven.state.plan.always(Fault(FaultType.QUOTA))
+    observer = RecordingObserver()
+    chains = _eleven_chains(eleven, store, clock, observer)
+    guarded = chains.guards[ELEVEN]
+    assert isinstance(guarded, GuardedTTS)
+    with pytest.raises(ClassifiedError) as raised:
+        await _stream(guarded, TEXT)
+    await _settle(chains)
+    failure = raised.value.failure
+    assert (failure.kind, failure.status) == (FailureKind.QUOTA_EXHAUSTED, 1008)
+    assert "exceeds your quota" in failure.message
+    health = await store.health(ELEVEN)
+    assert health.state is BreakerState.OPEN
+    assert health.open_until is not None and health.open_until - clock() >= 3000
+
+    # the half-open probe synthesizes over HTTP: 401 {"status": "quota_exceeded"}
+    clock.now = health.open_until + 1
+    assert await chains.probers[ELEVEN].try_probe() is False
+    await _settle(chains)
+    assert observer.kinds(ELEVEN) == ["quota_exhausted", "quota_exhausted"]
+    assert observer.failures[-1][1].status == 401
+    assert (await store.health(ELEVEN)).state is BreakerState.OPEN  # not KEY_REJECTED
+    await chains.aclose()
+
+
+async def test_elevenlabs_quota_over_http_is_quota(
+    eleven: ElevenLabsSimulator, store: DocumentStore, clock: FakeClock
+) -> None:
+    eleven.state.plan.always(Fault(FaultType.QUOTA))
+    observer = RecordingObserver()
+    chains = _eleven_chains(eleven, store, clock, observer)
+    with pytest.raises(ClassifiedError) as raised:
+        await synthesize(chains.guards[ELEVEN], TEXT)
+    await _settle(chains)
+    assert (raised.value.failure.kind, raised.value.failure.status) == (
+        FailureKind.QUOTA_EXHAUSTED,
+        401,
+    )
+    await chains.aclose()
+
+
+@pytest.mark.parametrize("path", ["stream", "synthesize"])
+async def test_elevenlabs_rejected_key_is_still_key_rejected(
+    eleven: ElevenLabsSimulator, store: DocumentStore, clock: FakeClock, path: str
+) -> None:
+    observer = RecordingObserver()
+    chains = _eleven_chains(eleven, store, clock, observer, key=ELEVEN_REJECTED_KEY)
+    guarded = chains.guards[ELEVEN]
+    assert isinstance(guarded, GuardedTTS)
+    with pytest.raises(ClassifiedError) as raised:
+        if path == "stream":
+            await _stream(guarded, TEXT)
+        else:
+            await synthesize(guarded, TEXT)
+    await _settle(chains)
+    assert raised.value.failure.kind is FailureKind.KEY_REJECTED
+    assert (await store.health(ELEVEN)).state is BreakerState.KEY_REJECTED
     await chains.aclose()

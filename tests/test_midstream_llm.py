@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from livekit.agents import llm
 
+from bench.midstream_support import answer, words
 from plugins.chain import Chains, build_chains
 from plugins.resilience.deadlines import DeadlineSettings
 from plugins.resilience.midstream_llm import Aligner, ContinuingLLMAdapter
@@ -16,7 +17,6 @@ from plugins.sim.faults import Fault, FaultType
 from plugins.sim.openai_sim import OpenAISimulator
 from plugins.spec import ProviderSpec
 from tests.guard_fixtures import FakeClock, RecordingObserver, clock, store
-from tests.midstream_fixtures import answer, words
 
 __all__ = ["clock", "store"]
 

@@ -8,6 +8,7 @@ import pytest
 from livekit import rtc
 from livekit.agents import utils
 
+from bench.midstream_support import recognize, speech_frames, words
 from plugins.chain import Chains, build_chains
 from plugins.resilience.deadlines import DeadlineSettings
 from plugins.resilience.store import DocumentStore
@@ -16,7 +17,6 @@ from plugins.sim.deepgram_sim import DeepgramSimulator
 from plugins.sim.faults import Fault, FaultType
 from plugins.spec import ProviderSpec
 from tests.guard_fixtures import FakeClock, RecordingObserver, clock, store
-from tests.midstream_fixtures import recognize, speech_frames, words
 
 __all__ = ["clock", "store"]
 

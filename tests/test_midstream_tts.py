@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from livekit.agents import tokenize, utils
 
+from bench.midstream_support import speak, transcribe, words
 from plugins.chain import Chains, build_chains
 from plugins.resilience.deadlines import DeadlineSettings
 from plugins.resilience.store import DocumentStore
@@ -17,7 +18,6 @@ from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
 from plugins.sim.faults import Fault, FaultType
 from plugins.spec import ProviderSpec
 from tests.guard_fixtures import FakeClock, RecordingObserver, clock, store
-from tests.midstream_fixtures import speak, transcribe, words
 
 __all__ = ["clock", "store"]
 
@@ -74,7 +74,7 @@ SENTENCES = tokenize.basic.SentenceTokenizer().tokenize(TEXT)
 @pytest.mark.parametrize(
     ("fault", "kind"),
     [
-        (Fault(FaultType.CUT, after_chunks=25), None),  # classified by errors.py
+        (Fault(FaultType.CUT, after_chunks=25), "truncated"),  # /tts/bytes body cut short
         (Fault(FaultType.STALL, after_chunks=25), "stall"),  # 1 s heard
         (Fault(FaultType.SILENT), "empty_result"),
         (Fault(FaultType.EMPTY), "empty_result"),
@@ -86,7 +86,7 @@ async def test_failed_voice_resumes_at_the_first_unspoken_sentence(
     store: DocumentStore,
     clock: FakeClock,
     fault: Fault,
-    kind: str | None,
+    kind: str,
 ) -> None:
     observer = RecordingObserver()
     chains = _chains(sims, store, clock, observer)
@@ -102,7 +102,7 @@ async def test_failed_voice_resumes_at_the_first_unspoken_sentence(
     assert [s for _, s in chains_tts.delivered] == SENTENCES
     assert all("elevenlabs" in voice for voice, _ in chains_tts.delivered)
     failures = observer.kinds("tts:cartesia")
-    assert len(failures) == 1 and (kind is None or failures[0] == kind)
+    assert failures == [kind]
     heard = words(transcribe(spoken.pcm, spoken.sample_rate))
     # the recogniser is imperfect; the last sentence's words must be there all the same
     assert {"book", "visit"} & set(heard) or {"free", "would"} & set(heard), heard
@@ -128,5 +128,6 @@ async def test_voice_change_mid_utterance_is_logged_with_the_sentence(
     voices = [v for v, _ in adapter.delivered]
     assert "cartesia" in voices[0] and all("elevenlabs" in v for v in voices[1:])
     assert len(adapter.switches) == 1
+    assert observer.kinds("tts:cartesia") == ["truncated"]
     switch = adapter.switches[0]
     assert switch.sentence == 1 and "cartesia" in switch.source and "elevenlabs" in switch.target

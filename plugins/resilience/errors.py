@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp import http_exceptions
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
 
 from plugins.resilience.types import Failure, FailureKind
@@ -148,6 +149,7 @@ class _Evidence:
     timeout: bool = False
     connection: bool = False
     ws_close: bool = False
+    truncated: bool = False  # the response body ended before its declared length
     in_band: bool = False  # an error object the provider sent without an HTTP error status
 
     @property
@@ -211,6 +213,16 @@ def _gather(exc: BaseException) -> _Evidence:
         elif isinstance(e, APIError):
             ev.texts.append(e.message)
             ev.texts.append(_as_text(e.body))
+        elif isinstance(e, aiohttp.ClientPayloadError):
+            ev.truncated = True
+        elif isinstance(e, http_exceptions.HttpProcessingError):
+            # aiohttp's own parser rejecting what the server sent: its ``code`` (400) is the
+            # answer a server would give such a message, not a status the provider returned
+            if isinstance(e, http_exceptions.PayloadEncodingError):
+                ev.truncated = True
+            else:
+                ev.connection = True
+            ev.texts.append(e.message)
         elif isinstance(e, aiohttp.ClientResponseError):
             if ev.status is None:
                 ev.status = e.status
@@ -263,6 +275,11 @@ class ResponseTap:
     replaces the error's ``__context__``: the aiohttp error that carried ``Retry-After`` is
     gone by the time the guard sees it. The chain gives aiohttp-based plugins a session traced
     by this tap, and the guard reads the headers back from here.
+
+    WebSocket close frames are kept the same way, as (close code, no headers, reason): the
+    plugins raise ``APIStatusError(status_code=close_code)`` and drop the reason, yet the
+    reason is all that tells ElevenLabs' 1008 "exceeds your quota" from its 1008 "Invalid
+    API key" or a 1008 about a malformed message.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -277,6 +294,11 @@ class ResponseTap:
                 {k.lower(): v for k, v in headers.items()},
                 body[:MAX_TAPPED_BODY],
             )
+
+    def record_close(self, code: int, reason: str) -> None:
+        """A close frame a server sent (a normal 1000 close is no error and is not kept)."""
+        if code != aiohttp.WSCloseCode.OK:
+            self.record(code, {}, reason)
 
     def recent(self, since: float) -> TappedResponse | None:
         """The last error response seen at or after ``since`` (the tap's clock)."""
@@ -306,6 +328,23 @@ class ResponseTap:
 
         trace.on_request_end.append(on_end)
         return trace
+
+    def websocket_class(self) -> type[aiohttp.ClientWebSocketResponse]:
+        """A ``ws_response_class`` for the traced session: records each close frame received.
+
+        aiohttp's trace hooks see no WebSocket frames; its session's public
+        ``ws_response_class`` is the one place that does, without touching plugin internals.
+        """
+        tap = self
+
+        class TappedWebSocketResponse(aiohttp.ClientWebSocketResponse):
+            async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:  # type: ignore[override]
+                msg: aiohttp.WSMessage = await super().receive(timeout)
+                if msg.type is aiohttp.WSMsgType.CLOSE and isinstance(msg.data, int):
+                    tap.record_close(msg.data, msg.extra if isinstance(msg.extra, str) else "")
+                return msg
+
+        return TappedWebSocketResponse
 
     def httpx_hook(self) -> Callable[[Any], Awaitable[None]]:
         """A ``response`` event hook for the httpx client inside the OpenAI SDK."""
@@ -404,6 +443,7 @@ def retry_after_from_body(text: str) -> float | None:
 
 _QUOTA = re.compile(
     r"(?i)insufficient_quota|quota_exceeded|exceeded your current quota|quota exceeded"
+    r"|exceeds your quota"  # ElevenLabs' close reason and message: "This request exceeds..."
     r"|out of credits|insufficient credits|credit limit|not enough credits|credits? (?:are )?exhausted"
     r"|payment_required|payment required|billing|character_limit|usage limit|limit_exceeded"
     r"|PerDay"
@@ -438,7 +478,8 @@ def classify(
     if isinstance(exc, ClassifiedError):
         return exc.failure
     ev = _gather(exc)
-    if response is not None:
+    if response is not None and not ev.truncated:
+        # (a cut body followed a 2xx: an error response the tap saw meanwhile is another's)
         tapped_status, tapped_headers, tapped_body = response
         if ev.status is None or ev.status == tapped_status:
             ev.status = tapped_status
@@ -454,6 +495,8 @@ def classify(
 
     if ev.guard_kind is not None:
         return failure(ev.guard_kind)
+    if ev.truncated and status is None:
+        return failure(FailureKind.TRUNCATED)  # a 2xx body cut mid-way (e.g. /tts/bytes)
 
     retry_after = retry_after_from_headers(ev.headers, now=now)
     if retry_after is None:
@@ -517,6 +560,16 @@ def classify(
 
 
 def _ws_close_kind(code: int, text: str) -> FailureKind:
+    """The kind of a close frame whose reason (in ``text``, when recovered) named no quota.
+
+    A 1008 (policy violation) whose reason does not name the key stays IN_BAND_ERROR: ElevenLabs
+    sends 1008 for an invalid key and for exhausted quota, but also for "something went wrong,
+    you are not charged", an idle socket and a malformed message. When the reason was lost
+    (no :class:`ResponseTap` on the session) KEY_REJECTED would keep a working provider off
+    until its key changes and QUOTA_EXHAUSTED for an hour or more; a short, retryable open is
+    the least harmful, and the half-open probe (HTTP, whose 401 body names ``quota_exceeded``
+    or ``invalid_api_key``) then gives the precise kind.
+    """
     if code == 1008 or code in (4001, 4003, 4401, 4403):
         return (
             FailureKind.KEY_REJECTED

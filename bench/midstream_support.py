@@ -1,4 +1,11 @@
-"""Shared helpers for the mid-stream failover tests and ``bench.midstream``."""
+"""A caller's side of one turn, measured: what ``bench.midstream`` and its tests share.
+
+An LLM answer read as it streams (:func:`answer`), a text pushed into a TTS stream the way an
+LLM writes it (:func:`speak`), real speech fed to a recogniser at line pace
+(:func:`recognize`, :func:`speech_frames`), and the words the caller got (:func:`transcribe`,
+:func:`words`). It lives with the benchmark, which must not depend on the tests; the
+mid-stream tests import it from here.
+"""
 
 from __future__ import annotations
 
