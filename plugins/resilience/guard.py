@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import structlog
 
@@ -207,6 +207,43 @@ class Guard:
 
 
 _CACHED_CLOSED = Admission(allowed=True, state=BreakerState.CLOSED, reason="cached")
+
+
+class GuardedPlugin:
+    """What the three guarded plugins share: they present the wrapped plugin's model and
+    provider under a label naming the guard's key (``guarded[tts:cartesia]``), re-emit its
+    metrics as their own, and close it with themselves.
+
+    A mixin listed before the LiveKit base class, so these definitions win.
+    """
+
+    inner: Any
+    guard: Guard
+
+    def _wrap(self, inner: Any, guard: Guard) -> None:
+        self.inner = inner
+        self.guard = guard
+        inner.on("metrics_collected", self._forward_metrics)
+
+    @property
+    def label(self) -> str:
+        return f"guarded[{self.guard.key}]"
+
+    @property
+    def model(self) -> str:
+        return str(self.inner.model)
+
+    @property
+    def provider(self) -> str:
+        return str(self.inner.provider)
+
+    def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
+        cast(Any, self).emit("metrics_collected", *args, **kwargs)
+
+    async def _close_inner(self) -> None:
+        self.inner.off("metrics_collected", self._forward_metrics)
+        await self.guard.drain()
+        await self.inner.aclose()
 
 
 class ProbeHook:

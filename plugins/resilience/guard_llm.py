@@ -21,34 +21,22 @@ from plugins.resilience.errors import (
     EmptyResultError,
     ProviderUnavailableError,
 )
-from plugins.resilience.guard import UNIT_LLM, Guard, Pump, deadline_error
+from plugins.resilience.guard import UNIT_LLM, Guard, GuardedPlugin, Pump, deadline_error
 from plugins.resilience.types import FailureKind
 
 #: statuses a provider answers an assistant prefill it does not accept with
 _REFUSED = frozenset({400, 422})
 
 
-class GuardedLLM(llm.LLM[Never]):
+class GuardedLLM(GuardedPlugin, llm.LLM[Never]):
+    inner: llm.LLM[Any]
+
     def __init__(
         self, inner: llm.LLM[Any], guard: Guard, *, probe_kwargs: dict[str, Any] | None = None
     ) -> None:
         super().__init__()
-        self.inner = inner
-        self.guard = guard
+        self._wrap(inner, guard)
         self.probe_kwargs = dict(probe_kwargs or {})
-        inner.on("metrics_collected", self._forward_metrics)
-
-    @property
-    def label(self) -> str:
-        return f"guarded[{self.guard.key}]"
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def provider(self) -> str:
-        return self.inner.provider
 
     def chat(
         self,
@@ -74,13 +62,8 @@ class GuardedLLM(llm.LLM[Never]):
         self.inner.prewarm(loop=loop)
 
     async def aclose(self) -> None:
-        self.inner.off("metrics_collected", self._forward_metrics)
-        await self.guard.drain()
-        await self.inner.aclose()
+        await self._close_inner()
         await super().aclose()
-
-    def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
-        self.emit("metrics_collected", *args, **kwargs)
 
     async def probe(self) -> float:
         """One minimal synthetic request ("ping", one token); returns time to first token."""

@@ -21,7 +21,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGive
 from livekit.agents.utils import AudioBuffer, aio
 
 from plugins.resilience.errors import EmptyResultError, ProviderUnavailableError
-from plugins.resilience.guard import UNIT_STT, Guard, Pump, deadline_error
+from plugins.resilience.guard import UNIT_STT, Guard, GuardedPlugin, Pump, deadline_error
 
 #: RMS (int16) above which a frame counts as voiced; a line's hiss stays well below it.
 VOICED_RMS = 300.0
@@ -48,24 +48,12 @@ def _text(ev: stt.SpeechEvent) -> str:
     return ev.alternatives[0].text.strip() if ev.alternatives else ""
 
 
-class GuardedSTT(stt.STT[Never]):
+class GuardedSTT(GuardedPlugin, stt.STT[Never]):
+    inner: stt.STT[Any]
+
     def __init__(self, inner: stt.STT[Any], guard: Guard) -> None:
         super().__init__(capabilities=inner.capabilities)
-        self.inner = inner
-        self.guard = guard
-        inner.on("metrics_collected", self._forward_metrics)
-
-    @property
-    def label(self) -> str:
-        return f"guarded[{self.guard.key}]"
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def provider(self) -> str:
-        return self.inner.provider
+        self._wrap(inner, guard)
 
     @property
     def capabilities(self) -> stt.STTCapabilities:
@@ -131,12 +119,7 @@ class GuardedSTT(stt.STT[Never]):
         self.inner.prewarm()
 
     async def aclose(self) -> None:
-        self.inner.off("metrics_collected", self._forward_metrics)
-        await self.guard.drain()
-        await self.inner.aclose()
-
-    def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
-        self.emit("metrics_collected", *args, **kwargs)
+        await self._close_inner()
 
     async def probe(self) -> float:
         """Recognize half a second of silence: proves the provider answers, costs nothing much."""

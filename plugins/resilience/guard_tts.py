@@ -19,7 +19,7 @@ from livekit.agents import APIConnectOptions, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, USERDATA_TIMED_TRANSCRIPT
 
 from plugins.resilience.errors import EmptyResultError, ProviderUnavailableError
-from plugins.resilience.guard import UNIT_TTS, Guard, Pump, deadline_error
+from plugins.resilience.guard import UNIT_TTS, Guard, GuardedPlugin, Pump, deadline_error
 
 #: Peak amplitude (int16) below which synthesized audio counts as silence.
 SILENCE_PEAK = 64
@@ -30,29 +30,17 @@ def _peak(frame: rtc.AudioFrame) -> int:
     return int(np.abs(data).max()) if data.size else 0
 
 
-class GuardedTTS(tts.TTS[Never]):
+class GuardedTTS(GuardedPlugin, tts.TTS[Never]):
+    inner: tts.TTS[Any]
+
     def __init__(self, inner: tts.TTS[Any], guard: Guard, *, probe_text: str = "OK.") -> None:
         super().__init__(
             capabilities=inner.capabilities,
             sample_rate=inner.sample_rate,
             num_channels=inner.num_channels,
         )
-        self.inner = inner
-        self.guard = guard
+        self._wrap(inner, guard)
         self.probe_text = probe_text
-        inner.on("metrics_collected", self._forward_metrics)
-
-    @property
-    def label(self) -> str:
-        return f"guarded[{self.guard.key}]"
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def provider(self) -> str:
-        return self.inner.provider
 
     @property
     def markup(self) -> tts.TTS.Markup:
@@ -78,12 +66,7 @@ class GuardedTTS(tts.TTS[Never]):
         self.inner.prewarm()
 
     async def aclose(self) -> None:
-        self.inner.off("metrics_collected", self._forward_metrics)
-        await self.guard.drain()
-        await self.inner.aclose()
-
-    def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
-        self.emit("metrics_collected", *args, **kwargs)
+        await self._close_inner()
 
     async def probe(self) -> float:
         """Synthesize one short word; returns time to first audio."""
