@@ -46,6 +46,7 @@ async def test_tts_quota_logs_chain_failure_switch_and_status(tmp_path: Path) ->
     assert sim.state.log.count() == 1  # the second turn skipped Cartesia without a request
     usage = next(e for e in logs if e["event"].startswith("Usage:"))
     assert "tts:local-tts" in usage["event"]
+    assert "tts:cartesia" not in usage["event"]  # a refused request is not billed
 
 
 @pytest.mark.parametrize(

@@ -215,7 +215,8 @@ class GuardedChunkedStream(tts.ChunkedStream):
         finally:
             await pump.aclose()
             await inner.aclose()
-            guard.usage(UNIT_TTS, float(len(self.input_text)))
+            if watch.first_audio is not None:  # a refused request (402, 429...) is not billed
+                guard.usage(UNIT_TTS, float(len(self.input_text)))
         guard.succeeded(watch.latency)
 
 
@@ -280,5 +281,6 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
             await utils.aio.cancel_and_wait(input_task)
             await pump.aclose()
             await inner.aclose()
-            guard.usage(UNIT_TTS, float(chars))
+            if watch.first_audio is not None:  # a refused request (402, 429...) is not billed
+                guard.usage(UNIT_TTS, float(chars))
         guard.succeeded(watch.latency)
