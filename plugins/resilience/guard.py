@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 import structlog
@@ -139,11 +139,28 @@ class Guard:
         response = self.tap.recent(since) if self.tap is not None else None
         return classify(exc, secrets=self.secrets, response=response)
 
-    async def failed(self, exc: BaseException, since: float = 0.0) -> ClassifiedError:
-        """Classify and record a failed attempt; returns the error to raise to the chain."""
-        failure = self.classify(exc, since)
-        await self.record_failure(failure)
-        return ClassifiedError(self.key, failure)
+    @contextlib.asynccontextmanager
+    async def attempt(
+        self, adjust: Callable[[Failure], Failure] | None = None
+    ) -> AsyncIterator[None]:
+        """One attempt on the provider, the same way in every slot.
+
+        Admitted by the store first (refused at once, without a request, when it says no); any
+        error inside is classified (``adjust`` may reclassify it, e.g. a refused prefill),
+        recorded, and re-raised as a :class:`ClassifiedError` the chain fails over on.
+        """
+        await self.admit()
+        since = self.started()
+        try:
+            yield
+        except (asyncio.CancelledError, ProviderUnavailableError):
+            raise
+        except Exception as e:
+            failure = self.classify(e, since)
+            if adjust is not None:
+                failure = adjust(failure)
+            await self.record_failure(failure)
+            raise ClassifiedError(self.key, failure) from e
 
     async def record_failure(self, failure: Failure) -> BreakerState:
         if failure.kind.counts_against_health:

@@ -17,12 +17,10 @@ from livekit.agents.llm import ChatChunk, ChatContext, Tool, ToolChoice
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
 from plugins.resilience.errors import (
-    ClassifiedError,
     EmptyResultError,
-    ProviderUnavailableError,
 )
 from plugins.resilience.guard import UNIT_LLM, Guard, GuardedPlugin, Pump, deadline_error
-from plugins.resilience.types import FailureKind
+from plugins.resilience.types import Failure, FailureKind
 
 #: statuses a provider answers an assistant prefill it does not accept with
 _REFUSED = frozenset({400, 422})
@@ -128,70 +126,68 @@ class GuardedLLMStream(llm.LLMStream):
 
     async def _run(self) -> None:
         guard = self._guarded.guard
-        await guard.admit()
-        since = guard.started()
-        started = time.perf_counter()
-        first_deadline = guard.deadline.first_s
-        stall = guard.deadline.stall_s
-        inner = self._guarded.inner.chat(
-            chat_ctx=self.chat_ctx,
-            tools=self.tools,
-            conn_options=self._inner_conn_options,
-            parallel_tool_calls=self._parallel_tool_calls,
-            tool_choice=self._tool_choice,
-            extra_kwargs=self._extra_kwargs,
-        )
-        pump: Pump[ChatChunk] = Pump(inner)
-        ttft: float | None = None
-        last = started
-        tokens = 0
-        try:
-            while True:
-                now = time.perf_counter()
-                timeout = (
-                    (first_deadline - (now - started)) if ttft is None else (stall - (now - last))
-                )
-                try:
-                    chunk = await pump.next(timeout)
-                except TimeoutError:
-                    now = time.perf_counter()
-                    raise deadline_error(
-                        guard.key,
-                        stalled=ttft is not None,
-                        waited_s=now - (started if ttft is None else last),
-                        limit_s=first_deadline if ttft is None else stall,
-                    ) from None
-                if chunk is None:
-                    break
-                last = time.perf_counter()
-                if chunk.usage is not None:
-                    tokens = max(tokens, chunk.usage.total_tokens)
-                if ttft is None and chunk.delta and _visible(chunk.delta):
-                    ttft = last - started
-                self._event_ch.send_nowait(chunk)
-            if ttft is None:
-                raise EmptyResultError(
-                    f"{guard.key} returned no text (or only whitespace) and no tool call"
-                )
-        except asyncio.CancelledError:
-            raise
-        except ProviderUnavailableError:
-            raise
-        except Exception as e:
-            failure = guard.classify(e, since)
-            if _ends_on_assistant(self.chat_ctx) and failure.status in _REFUSED:
-                # a provider refusing an assistant prefill says nothing about its health
-                failure = dataclasses.replace(
+        prefilled = _ends_on_assistant(self.chat_ctx)
+
+        def refused_prefill(failure: Failure) -> Failure:
+            # a provider refusing an assistant prefill says nothing about its health
+            if prefilled and failure.status in _REFUSED:
+                return dataclasses.replace(
                     failure,
                     kind=FailureKind.REQUEST_FAULT,
                     message=f"assistant prefill refused: {failure.message}",
                 )
-            await guard.record_failure(failure)
-            raise ClassifiedError(guard.key, failure) from e
-        finally:
-            await pump.aclose()
-            await inner.aclose()
-            guard.usage(UNIT_LLM, float(tokens))
+            return failure
+
+        async with guard.attempt(refused_prefill):
+            started = time.perf_counter()
+            first_deadline = guard.deadline.first_s
+            stall = guard.deadline.stall_s
+            inner = self._guarded.inner.chat(
+                chat_ctx=self.chat_ctx,
+                tools=self.tools,
+                conn_options=self._inner_conn_options,
+                parallel_tool_calls=self._parallel_tool_calls,
+                tool_choice=self._tool_choice,
+                extra_kwargs=self._extra_kwargs,
+            )
+            pump: Pump[ChatChunk] = Pump(inner)
+            ttft: float | None = None
+            last = started
+            tokens = 0
+            try:
+                while True:
+                    now = time.perf_counter()
+                    timeout = (
+                        (first_deadline - (now - started))
+                        if ttft is None
+                        else (stall - (now - last))
+                    )
+                    try:
+                        chunk = await pump.next(timeout)
+                    except TimeoutError:
+                        now = time.perf_counter()
+                        raise deadline_error(
+                            guard.key,
+                            stalled=ttft is not None,
+                            waited_s=now - (started if ttft is None else last),
+                            limit_s=first_deadline if ttft is None else stall,
+                        ) from None
+                    if chunk is None:
+                        break
+                    last = time.perf_counter()
+                    if chunk.usage is not None:
+                        tokens = max(tokens, chunk.usage.total_tokens)
+                    if ttft is None and chunk.delta and _visible(chunk.delta):
+                        ttft = last - started
+                    self._event_ch.send_nowait(chunk)
+                if ttft is None:
+                    raise EmptyResultError(
+                        f"{guard.key} returned no text (or only whitespace) and no tool call"
+                    )
+            finally:
+                await pump.aclose()
+                await inner.aclose()
+                guard.usage(UNIT_LLM, float(tokens))
         guard.succeeded(ttft)
 
 

@@ -20,7 +20,7 @@ from livekit.agents import APIConnectOptions, stt
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer, aio
 
-from plugins.resilience.errors import EmptyResultError, ProviderUnavailableError
+from plugins.resilience.errors import EmptyResultError
 from plugins.resilience.guard import UNIT_STT, Guard, GuardedPlugin, Pump, deadline_error
 
 #: RMS (int16) above which a frame counts as voiced; a line's hiss stays well below it.
@@ -67,37 +67,33 @@ class GuardedSTT(GuardedPlugin, stt.STT[Never]):
         conn_options: APIConnectOptions,
     ) -> stt.SpeechEvent:
         guard = self.guard
-        await guard.admit()
-        since = guard.started()
-        frames = _frames(buffer)
-        audio_s = sum(f.duration for f in frames)
-        voiced = any(_rms(f) > VOICED_RMS for f in frames)
-        limit = guard.deadline.first_s + audio_s * BATCH_SECONDS_PER_AUDIO_SECOND
-        started = time.perf_counter()
-        try:
+        async with guard.attempt():
+            frames = _frames(buffer)
+            audio_s = sum(f.duration for f in frames)
+            voiced = any(_rms(f) > VOICED_RMS for f in frames)
+            limit = guard.deadline.first_s + audio_s * BATCH_SECONDS_PER_AUDIO_SECOND
+            started = time.perf_counter()
             try:
-                event = await asyncio.wait_for(
-                    self.inner.recognize(
-                        buffer,
-                        language=language,
-                        conn_options=dataclasses.replace(conn_options, max_retry=0),
-                    ),
-                    limit,
-                )
-            except TimeoutError:
-                raise deadline_error(
-                    guard.key, stalled=False, waited_s=time.perf_counter() - started, limit_s=limit
-                ) from None
-            if voiced and not _text(event):
-                raise EmptyResultError(f"{guard.key} returned no transcript for speech")
-        except asyncio.CancelledError:
-            raise
-        except ProviderUnavailableError:
-            raise
-        except Exception as e:
-            raise await guard.failed(e, since) from e
-        finally:
-            guard.usage(UNIT_STT, audio_s)
+                try:
+                    event = await asyncio.wait_for(
+                        self.inner.recognize(
+                            buffer,
+                            language=language,
+                            conn_options=dataclasses.replace(conn_options, max_retry=0),
+                        ),
+                        limit,
+                    )
+                except TimeoutError:
+                    raise deadline_error(
+                        guard.key,
+                        stalled=False,
+                        waited_s=time.perf_counter() - started,
+                        limit_s=limit,
+                    ) from None
+                if voiced and not _text(event):
+                    raise EmptyResultError(f"{guard.key} returned no transcript for speech")
+            finally:
+                guard.usage(UNIT_STT, audio_s)
         guard.succeeded(time.perf_counter() - started)
         return event
 
@@ -180,91 +176,86 @@ class GuardedRecognizeStream(stt.RecognizeStream):
 
     async def _run(self) -> None:
         guard = self._guarded.guard
-        await guard.admit()
-        since = guard.started()
-        first_s = guard.deadline.first_s
-        stall_s = guard.deadline.stall_s
-        inner = self._guarded.inner.stream(
-            language=self._language, conn_options=self._inner_conn_options
-        )
-        inner.start_time_offset = self.start_time_offset
-        audio_s = 0.0
-        audio_at_voiced = 0.0  # audio_s when voiced_since was set
-        voiced_since: float | None = None  # voiced audio not yet answered by any transcript
-        flushed_at: float | None = None  # a flush after voiced audio, not yet answered
-        answered_once = False
+        async with guard.attempt():
+            first_s = guard.deadline.first_s
+            stall_s = guard.deadline.stall_s
+            inner = self._guarded.inner.stream(
+                language=self._language, conn_options=self._inner_conn_options
+            )
+            inner.start_time_offset = self.start_time_offset
+            audio_s = 0.0
+            audio_at_voiced = 0.0  # audio_s when voiced_since was set
+            voiced_since: float | None = None  # voiced audio not yet answered by any transcript
+            flushed_at: float | None = None  # a flush after voiced audio, not yet answered
+            answered_once = False
 
-        async def forward_input() -> None:
-            nonlocal audio_s, voiced_since, flushed_at, audio_at_voiced
-            async for data in self._input_ch:
-                if isinstance(data, rtc.AudioFrame):
-                    audio_s += data.duration
-                    if voiced_since is None and _rms(data) > VOICED_RMS:
-                        voiced_since = time.perf_counter()
-                        audio_at_voiced = audio_s
-                    inner.push_frame(data)
-                else:
-                    if voiced_since is not None and flushed_at is None:
-                        flushed_at = time.perf_counter()
-                    inner.flush()
-            if voiced_since is not None and flushed_at is None:
-                flushed_at = time.perf_counter()
-            inner.end_input()
+            async def forward_input() -> None:
+                nonlocal audio_s, voiced_since, flushed_at, audio_at_voiced
+                async for data in self._input_ch:
+                    if isinstance(data, rtc.AudioFrame):
+                        audio_s += data.duration
+                        if voiced_since is None and _rms(data) > VOICED_RMS:
+                            voiced_since = time.perf_counter()
+                            audio_at_voiced = audio_s
+                        inner.push_frame(data)
+                    else:
+                        if voiced_since is not None and flushed_at is None:
+                            flushed_at = time.perf_counter()
+                        inner.flush()
+                if voiced_since is not None and flushed_at is None:
+                    flushed_at = time.perf_counter()
+                inner.end_input()
 
-        def overdue() -> Exception | None:
-            now = time.perf_counter()
-            if flushed_at is not None and now - flushed_at >= first_s:
-                return deadline_error(
-                    guard.key, stalled=answered_once, waited_s=now - flushed_at, limit_s=first_s
-                )
-            # a provider cannot answer faster than audio arrives: count both clocks
-            if (
-                voiced_since is not None
-                and now - voiced_since >= stall_s
-                and audio_s - audio_at_voiced >= stall_s
-            ):
-                return deadline_error(
-                    guard.key, stalled=True, waited_s=now - voiced_since, limit_s=stall_s
-                )
-            return None
+            def overdue() -> Exception | None:
+                now = time.perf_counter()
+                if flushed_at is not None and now - flushed_at >= first_s:
+                    return deadline_error(
+                        guard.key, stalled=answered_once, waited_s=now - flushed_at, limit_s=first_s
+                    )
+                # a provider cannot answer faster than audio arrives: count both clocks
+                if (
+                    voiced_since is not None
+                    and now - voiced_since >= stall_s
+                    and audio_s - audio_at_voiced >= stall_s
+                ):
+                    return deadline_error(
+                        guard.key, stalled=True, waited_s=now - voiced_since, limit_s=stall_s
+                    )
+                return None
 
-        input_task = asyncio.create_task(forward_input())
-        pump: Pump[stt.SpeechEvent] = Pump(inner)
-        try:
-            while True:
-                try:
-                    ev = await pump.next(0.05)
-                except TimeoutError:
-                    if (err := overdue()) is not None:
-                        raise err from None
-                    continue
-                if ev is None:
-                    break
-                if ev.type in _TRANSCRIPTS and _text(ev):
-                    now = time.perf_counter()
-                    anchor = flushed_at if flushed_at is not None else voiced_since
-                    if ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT:
-                        guard.succeeded(None if anchor is None else now - anchor)
-                        voiced_since = None
-                        flushed_at = None
-                    elif voiced_since is not None:
-                        voiced_since = now  # interim: the provider is keeping up
-                        audio_at_voiced = audio_s
-                    answered_once = True
-                elif ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT and flushed_at is not None:
-                    # an empty final for voiced audio: the provider heard nothing
-                    raise EmptyResultError(f"{guard.key} returned an empty transcript for speech")
-                self._event_ch.send_nowait(ev)
-            if flushed_at is not None:
-                raise EmptyResultError(f"{guard.key} ended without a transcript for speech")
-        except asyncio.CancelledError:
-            raise
-        except ProviderUnavailableError:
-            raise
-        except Exception as e:
-            raise await guard.failed(e, since) from e
-        finally:
-            await aio.cancel_and_wait(input_task)
-            await pump.aclose()
-            await inner.aclose()
-            guard.usage(UNIT_STT, audio_s)
+            input_task = asyncio.create_task(forward_input())
+            pump: Pump[stt.SpeechEvent] = Pump(inner)
+            try:
+                while True:
+                    try:
+                        ev = await pump.next(0.05)
+                    except TimeoutError:
+                        if (err := overdue()) is not None:
+                            raise err from None
+                        continue
+                    if ev is None:
+                        break
+                    if ev.type in _TRANSCRIPTS and _text(ev):
+                        now = time.perf_counter()
+                        anchor = flushed_at if flushed_at is not None else voiced_since
+                        if ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT:
+                            guard.succeeded(None if anchor is None else now - anchor)
+                            voiced_since = None
+                            flushed_at = None
+                        elif voiced_since is not None:
+                            voiced_since = now  # interim: the provider is keeping up
+                            audio_at_voiced = audio_s
+                        answered_once = True
+                    elif ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT and flushed_at is not None:
+                        # an empty final for voiced audio: the provider heard nothing
+                        raise EmptyResultError(
+                            f"{guard.key} returned an empty transcript for speech"
+                        )
+                    self._event_ch.send_nowait(ev)
+                if flushed_at is not None:
+                    raise EmptyResultError(f"{guard.key} ended without a transcript for speech")
+            finally:
+                await aio.cancel_and_wait(input_task)
+                await pump.aclose()
+                await inner.aclose()
+                guard.usage(UNIT_STT, audio_s)

@@ -18,7 +18,7 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, USERDATA_TIMED_TRANSCRIPT
 
-from plugins.resilience.errors import EmptyResultError, ProviderUnavailableError
+from plugins.resilience.errors import EmptyResultError
 from plugins.resilience.guard import UNIT_TTS, Guard, GuardedPlugin, Pump, deadline_error
 
 #: Peak amplitude (int16) below which synthesized audio counts as silence.
@@ -187,36 +187,29 @@ class GuardedChunkedStream(tts.ChunkedStream):
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         guard = self._guarded.guard
-        await guard.admit()
-        since = guard.started()
-        output_emitter.initialize(
-            request_id=utils.shortuuid(),
-            sample_rate=self._guarded.sample_rate,
-            num_channels=self._guarded.num_channels,
-            mime_type="audio/pcm",
-        )
-        watch = _AudioWatch(guard)
-        watch.armed_at = time.perf_counter()
-        watch.input_done = True
-        inner = self._guarded.inner.synthesize(
-            self.input_text, conn_options=self._inner_conn_options
-        )
-        pump: Pump[tts.SynthesizedAudio] = Pump(inner)
-        try:
-            await _read_audio(pump, watch, output_emitter)
-            if self.input_text.strip() and not watch.audible:
-                raise EmptyResultError(f"{guard.key} returned no audible audio")
-        except asyncio.CancelledError:
-            raise
-        except ProviderUnavailableError:
-            raise
-        except Exception as e:
-            raise await guard.failed(e, since) from e
-        finally:
-            await pump.aclose()
-            await inner.aclose()
-            if watch.first_audio is not None:  # a refused request (402, 429...) is not billed
-                guard.usage(UNIT_TTS, float(len(self.input_text)))
+        async with guard.attempt():
+            output_emitter.initialize(
+                request_id=utils.shortuuid(),
+                sample_rate=self._guarded.sample_rate,
+                num_channels=self._guarded.num_channels,
+                mime_type="audio/pcm",
+            )
+            watch = _AudioWatch(guard)
+            watch.armed_at = time.perf_counter()
+            watch.input_done = True
+            inner = self._guarded.inner.synthesize(
+                self.input_text, conn_options=self._inner_conn_options
+            )
+            pump: Pump[tts.SynthesizedAudio] = Pump(inner)
+            try:
+                await _read_audio(pump, watch, output_emitter)
+                if self.input_text.strip() and not watch.audible:
+                    raise EmptyResultError(f"{guard.key} returned no audible audio")
+            finally:
+                await pump.aclose()
+                await inner.aclose()
+                if watch.first_audio is not None:  # a refused request (402, 429...) is not billed
+                    guard.usage(UNIT_TTS, float(len(self.input_text)))
         guard.succeeded(watch.latency)
 
 
@@ -234,53 +227,46 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         guard = self._guarded.guard
-        await guard.admit()
-        since = guard.started()
-        output_emitter.initialize(
-            request_id=utils.shortuuid(),
-            sample_rate=self._guarded.sample_rate,
-            num_channels=self._guarded.num_channels,
-            mime_type="audio/pcm",
-            stream=True,
-        )
-        output_emitter.start_segment(segment_id=utils.shortuuid())
-        watch = _AudioWatch(guard)
-        inner = self._guarded.inner.stream(conn_options=self._inner_conn_options)
-        chars = 0
+        async with guard.attempt():
+            output_emitter.initialize(
+                request_id=utils.shortuuid(),
+                sample_rate=self._guarded.sample_rate,
+                num_channels=self._guarded.num_channels,
+                mime_type="audio/pcm",
+                stream=True,
+            )
+            output_emitter.start_segment(segment_id=utils.shortuuid())
+            watch = _AudioWatch(guard)
+            inner = self._guarded.inner.stream(conn_options=self._inner_conn_options)
+            chars = 0
 
-        async def forward_input() -> None:
-            nonlocal chars
-            async for data in self._input_ch:
-                if isinstance(data, str):
-                    chars += len(data)
-                    inner.push_text(data)
-                else:
-                    inner.flush()
-                    if chars and watch.armed_at is None:
-                        watch.armed_at = time.perf_counter()
-            inner.end_input()
-            watch.input_done = True
-            if watch.armed_at is None and chars:
-                watch.armed_at = time.perf_counter()
+            async def forward_input() -> None:
+                nonlocal chars
+                async for data in self._input_ch:
+                    if isinstance(data, str):
+                        chars += len(data)
+                        inner.push_text(data)
+                    else:
+                        inner.flush()
+                        if chars and watch.armed_at is None:
+                            watch.armed_at = time.perf_counter()
+                inner.end_input()
+                watch.input_done = True
+                if watch.armed_at is None and chars:
+                    watch.armed_at = time.perf_counter()
 
-        input_task = asyncio.create_task(forward_input())
-        pump: Pump[tts.SynthesizedAudio] = Pump(inner)
-        try:
-            await _read_audio(pump, watch, output_emitter)
-            if input_task.done() and (exc := input_task.exception()) is not None:
-                raise exc
-            if chars and not watch.audible:
-                raise EmptyResultError(f"{guard.key} returned no audible audio")
-        except asyncio.CancelledError:
-            raise
-        except ProviderUnavailableError:
-            raise
-        except Exception as e:
-            raise await guard.failed(e, since) from e
-        finally:
-            await utils.aio.cancel_and_wait(input_task)
-            await pump.aclose()
-            await inner.aclose()
-            if watch.first_audio is not None:  # a refused request (402, 429...) is not billed
-                guard.usage(UNIT_TTS, float(chars))
+            input_task = asyncio.create_task(forward_input())
+            pump: Pump[tts.SynthesizedAudio] = Pump(inner)
+            try:
+                await _read_audio(pump, watch, output_emitter)
+                if input_task.done() and (exc := input_task.exception()) is not None:
+                    raise exc
+                if chars and not watch.audible:
+                    raise EmptyResultError(f"{guard.key} returned no audible audio")
+            finally:
+                await utils.aio.cancel_and_wait(input_task)
+                await pump.aclose()
+                await inner.aclose()
+                if watch.first_audio is not None:  # a refused request (402, 429...) is not billed
+                    guard.usage(UNIT_TTS, float(chars))
         guard.succeeded(watch.latency)
