@@ -29,6 +29,7 @@ from agent.logs import configure_structlog
 from agent.settings import Settings, load_settings
 from plugins.local.lead import LeadSink
 from plugins.resilience.types import GuardObserver
+from plugins.spec import FLOOR_PROVIDER
 
 log = structlog.get_logger(__name__)
 
@@ -39,17 +40,14 @@ def prewarm(proc: JobProcess) -> None:
     from plugins.local.prewarm import prewarm_local_providers
 
     proc.userdata["vad"] = silero.VAD.load()
-    prewarm_local_providers(settings_slots(settings))
+    prewarm_local_providers(providers_in_chains(settings))
     proc.userdata["settings"] = settings
 
 
-def settings_slots(settings: Settings) -> set[str]:
-    """Local providers configured in any chain (the free floor ones always are)."""
-    return {*settings.stt_providers, *settings.tts_providers, *settings.llm_providers} | {
-        "free-stt",
-        "free-tts",
-        "free-llm",
-    }
+def providers_in_chains(settings: Settings) -> set[str]:
+    """Every provider a call may use: the configured ones and the floors, always present."""
+    configured = {*settings.stt_providers, *settings.tts_providers, *settings.llm_providers}
+    return configured | set(FLOOR_PROVIDER.values())
 
 
 async def build_session(
