@@ -58,6 +58,8 @@ FAULTS: dict[str, Fault] = {
 }
 
 QUESTION = "Hi, what do you sell?"
+SEQ_CALLS = 5  # calls in the sequence measurement
+SEQ_TURNS = 3  # requests per call there
 TEXT = "Thanks for calling. How can I help you today?"
 
 
@@ -175,12 +177,7 @@ async def scenario(
                     at_limit = 0
                     run.after_s.append(value)
             await asyncio.sleep(0.05)
-            # a request is one context/POST; a WebSocket handshake counts only when it failed
-            run.attempts = sum(
-                1
-                for a in sim.state.log.items()
-                if not (a.route.startswith("GET") and a.fault is None)
-            )
+            run.attempts = _failing_attempts(sim)
             if ours:
                 run.probes = sum(p.sent for p in chains.probers.values())
                 await chains.aclose()
@@ -188,6 +185,55 @@ async def scenario(
                 await adapter.aclose()
         await store.aclose()
     return run
+
+
+def _failing_attempts(sim: HttpSimulator) -> int:
+    # a request is one context/POST; a WebSocket handshake counts only when it failed
+    return sum(
+        1 for a in sim.state.log.items() if not (a.route.startswith("GET") and a.fault is None)
+    )
+
+
+@dataclass
+class CallSequence:
+    attempts: int = 0  # requests the dead provider received over every call
+    probes: int = 0  # of which synthetic probes (ours)
+    first_call_s: list[float] = field(default_factory=list)  # answer times, first call
+    later_calls_s: list[float] = field(default_factory=list)  # answer times, later calls
+
+
+async def call_sequence(
+    slot: str, fault: Fault, n_calls: int, turns: int, limit: float, *, ours: bool
+) -> CallSequence:
+    """``n_calls`` calls one after the other, each with its own chain (as LiveKit gives each
+    call its own process), ``turns`` requests each, against a primary that is down throughout.
+    Ours share one health store, as every call on a machine does."""
+    sim: HttpSimulator = OpenAISimulator() if slot == "llm" else CartesiaSimulator()
+    request = first_token if slot == "llm" else first_audio
+    out = CallSequence()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(None, Path(tmp))
+        async with utils.http_context.open(), sim:
+            sim.state.plan.always(fault)
+            for call in range(n_calls):
+                if ours:
+                    chains = build_chains([spec_for(slot, sim)], store)
+                    adapter: Any = chains.llm if slot == "llm" else chains.tts
+                else:
+                    adapter = stock_adapter(slot, sim)
+                for _ in range(turns):
+                    value = await timed(lambda a=adapter: request(a), limit)
+                    if value is not None:
+                        (out.first_call_s if call == 0 else out.later_calls_s).append(value)
+                await asyncio.sleep(0.05)  # let background recovery replays land
+                if ours:
+                    out.probes += sum(p.sent for p in chains.probers.values())
+                    await chains.aclose()
+                else:
+                    await adapter.aclose()
+            out.attempts = _failing_attempts(sim)
+        await store.aclose()
+    return out
 
 
 class _ToneEngine:
@@ -247,7 +293,14 @@ async def happy_overhead(samples: int) -> dict[str, float]:
     return out
 
 
-async def main_async(calls: int, limit: float, slots: list[str], samples: int, pace: float) -> str:
+async def main_async(
+    calls: int,
+    limit: float,
+    slots: list[str],
+    samples: int,
+    pace: float,
+    sections: frozenset[str] = frozenset({"faults", "sequence"}),
+) -> str:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     import logging
 
@@ -259,7 +312,7 @@ async def main_async(calls: int, limit: float, slots: list[str], samples: int, p
     )
     rows += [header, "|" + "---|" * 9]
     started = time.perf_counter()
-    for slot in slots:
+    for slot in slots if "faults" in sections else []:
         for name, fault in FAULTS.items():
             stock = await scenario(slot, fault, calls, limit, ours=False, pace=pace)
             ours = await scenario(slot, fault, calls, limit, ours=True, pace=pace)
@@ -272,6 +325,22 @@ async def main_async(calls: int, limit: float, slots: list[str], samples: int, p
                 f"| {ours.attempts} ({ours.probes}) |"
             )
             print(rows[-1], flush=True)
+    sequence_rows = [
+        "| slot | primary down with | requests it received: stock | ours (probes) | "
+        "answer, first call: stock / ours (median) | answer, later calls: stock / ours |",
+        "|" + "---|" * 6,
+    ]
+    for slot in slots if "sequence" in sections else []:
+        for name in ("500", "reset"):
+            fault = FAULTS[name]
+            st = await call_sequence(slot, fault, SEQ_CALLS, SEQ_TURNS, limit, ours=False)
+            us = await call_sequence(slot, fault, SEQ_CALLS, SEQ_TURNS, limit, ours=True)
+            sequence_rows.append(
+                f"| {slot} | {name} | {st.attempts} | {us.attempts} ({us.probes}) "
+                f"| {fmt_s(_median(st.first_call_s), limit)} / {fmt_s(_median(us.first_call_s), limit)} "
+                f"| {fmt_s(_median(st.later_calls_s), limit)} / {fmt_s(_median(us.later_calls_s), limit)} |"
+            )
+            print(sequence_rows[-1], flush=True)
     overhead = await happy_overhead(samples)
     elapsed = time.perf_counter() - started
     lines = [
@@ -285,6 +354,15 @@ async def main_async(calls: int, limit: float, slots: list[str], samples: int, p
         "(in brackets). * = stopped after two stock requests in a row waited the whole limit.",
         "",
         *rows,
+        "",
+        f"A sequence of {SEQ_CALLS} calls, {SEQ_TURNS} turns each, one after the other, each "
+        "call with its own chain (LiveKit runs each call in its own process); the primary is "
+        "down throughout. Stock: every call starts knowing nothing and LiveKit's recovery "
+        "replays real requests; ours: the calls share the machine's health store, so the "
+        "lesson of the first call serves the others, and a dead provider gets at most one "
+        "synthetic probe per cooldown window.",
+        "",
+        *sequence_rows,
         "",
         f"Happy-path guard overhead (median of {samples}, local engines - scripted LLM, a tone "
         "TTS - so provider latency does not hide it; real SQLite store):",
@@ -302,6 +380,10 @@ async def main_async(calls: int, limit: float, slots: list[str], samples: int, p
     return "\n".join(lines)
 
 
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=10, help="requests per scenario")
@@ -309,12 +391,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", default="llm,tts")
     parser.add_argument("--samples", type=int, default=200, help="happy-path samples")
     parser.add_argument("--pace", type=float, default=0.8, help="seconds between requests")
+    parser.add_argument(
+        "--sections",
+        default="faults,sequence",
+        help="faults (one chain per fault class), sequence (a sequence of calls), or both",
+    )
     args = parser.parse_args(argv)
+    sections = frozenset(x.strip() for x in args.sections.split(",") if x.strip())
+    if not sections or sections - {"faults", "sequence"}:
+        parser.error("--sections: choose faults, sequence or both")
     slots = [s.strip() for s in args.slots.split(",") if s.strip()]
     bad = [s for s in slots if s not in ("llm", "tts")]
     if bad:
         parser.error(f"--slots: unknown slot(s) {bad}; choose from llm, tts")
-    report = asyncio.run(main_async(args.calls, args.limit, slots, args.samples, args.pace))
+    report = asyncio.run(
+        main_async(args.calls, args.limit, slots, args.samples, args.pace, sections)
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(report)
     print(report)
