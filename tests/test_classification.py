@@ -529,7 +529,9 @@ def test_retry_after_headers(headers: dict[str, str], expected: float | None) ->
 
 
 def test_messages_are_scrubbed_of_keys() -> None:
-    secret = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+    # A fake key in a real key's shape, assembled at run time so no key-like literal is
+    # committed (secret scanners would rightly flag one).
+    secret = "sk-" + "proj-" + "fakefakefake" * 3
     exc = _lk_from_openai(
         401,
         {
