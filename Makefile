@@ -63,7 +63,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 typecheck: install
-	$(VENV)/bin/mypy plugins/
+	$(VENV)/bin/mypy plugins/ agent/
 
 bench: install  ## Failover and local-provider benchmarks against stock LiveKit, with ratios
 	$(PY) -m bench

@@ -106,9 +106,14 @@ def deadline_settings(settings: Settings) -> dict[Slot, DeadlineSettings]:
     """The ceilings from settings, on top of the library's defaults."""
     from dataclasses import replace
 
-    def ceiling(slot: Slot, ceiling_s: float, **more: float) -> DeadlineSettings:
+    def ceiling(slot: Slot, ceiling_s: float, stall_s: float | None = None) -> DeadlineSettings:
         base = DEFAULT_DEADLINES[slot]
-        return replace(base, floor_s=min(base.floor_s, ceiling_s), ceiling_s=ceiling_s, **more)
+        return replace(
+            base,
+            floor_s=min(base.floor_s, ceiling_s),
+            ceiling_s=ceiling_s,
+            stall_s=base.stall_s if stall_s is None else stall_s,
+        )
 
     return {
         "llm": ceiling("llm", settings.llm_first_token_timeout),
@@ -190,7 +195,9 @@ def build_call_runtime(
         lead_sink=lead_sink,
     )
     switches = SwitchTracker(chains)  # registers with the chains' adapters and guards
-    names = {slot: [k.partition(":")[2] for k in keys] for slot, keys in chains.order.items()}
+    names: dict[str, list[str]] = {
+        slot: [k.partition(":")[2] for k in keys] for slot, keys in chains.order.items()
+    }
     health_log = HealthLogger(
         store, names, interval_s=settings.health_check_interval, call_id=call_id
     )

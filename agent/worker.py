@@ -57,7 +57,7 @@ async def build_session(
     call_id: str,
     lead_sink: LeadSink | None = None,
     observers: Sequence[GuardObserver] = (),
-) -> tuple[AgentSession, CallRuntime]:
+) -> tuple[AgentSession[Any], CallRuntime]:
     """The call's ``AgentSession`` over guarded provider chains, and what watches them.
 
     The same function builds calls for the worker, ``simulate`` and the benchmarks, so each of
@@ -66,7 +66,7 @@ async def build_session(
     runtime = build_call_runtime(
         settings, vad=vad, call_id=call_id, lead_sink=lead_sink, observers=observers
     )
-    session: AgentSession = AgentSession(
+    session: AgentSession[Any] = AgentSession(
         stt=runtime.stt,
         llm=runtime.llm,
         tts=runtime.tts,
