@@ -14,9 +14,11 @@ from typing import Any
 import structlog
 
 from agent.health_logger import HealthLogger
+from agent.responder.lead import LeadSink
+from agent.responder.sales_responder import SalesResponder
+from agent.responder.sales_script import SalesScript
 from agent.settings import Settings
 from plugins.chain import Chains, build_chains
-from plugins.local.lead import LeadSink
 from plugins.observability.metrics import PrometheusObserver
 from plugins.observability.switches import SwitchEvent, SwitchTracker
 from plugins.observability.usage import CallUsage
@@ -44,7 +46,7 @@ def open_health_store(settings: Settings) -> HealthStore:
     return store
 
 
-def call_specs(settings: Settings, *, company: str | None = None) -> list[ProviderSpec]:
+def call_specs(settings: Settings) -> list[ProviderSpec]:
     """Every slot's specs in order, with price overrides and (optionally) cheapest-first."""
     from plugins.catalog import CATALOG
 
@@ -56,8 +58,6 @@ def call_specs(settings: Settings, *, company: str | None = None) -> list[Provid
             extra = dict(spec.extra)
             if spec.key in settings.provider_prices_usd:
                 extra["price_per_unit_usd"] = str(settings.provider_prices_usd[spec.key])
-            if company and spec.key == "llm:free-llm":
-                extra["company"] = company
             priced.append(_with_extra(spec, extra))
         if settings.prefer_cheapest:
             priced = cheapest_first(priced, lambda s: _price(s, CATALOG))
@@ -174,6 +174,12 @@ class CallRuntime:
         await self.store.aclose()
 
 
+def sales_responder(lead_sink: LeadSink | None, *, company: str | None = None) -> SalesResponder:
+    """The free LLM's sales conversation; confirmed leads go to ``lead_sink`` (the CRM path)."""
+    script = SalesScript(company=company) if company else SalesScript()
+    return SalesResponder(script, sink=lead_sink)
+
+
 def build_call_runtime(
     settings: Settings,
     *,
@@ -184,7 +190,7 @@ def build_call_runtime(
     company: str | None = None,
 ) -> CallRuntime:
     store = open_health_store(settings)
-    specs = call_specs(settings, company=company)
+    specs = call_specs(settings)
     usage = CallUsage()
     chains = build_chains(
         specs,
@@ -192,7 +198,7 @@ def build_call_runtime(
         vad=vad,
         observers=[usage, _METRICS, *observers],
         deadlines=deadline_settings(settings),
-        lead_sink=lead_sink,
+        responder=sales_responder(lead_sink, company=company),
     )
     switches = SwitchTracker(chains)  # registers with the chains' adapters and guards
     names: dict[str, list[str]] = {

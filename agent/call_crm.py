@@ -13,8 +13,8 @@ from typing import Any
 
 import structlog
 
+from agent.responder.lead import LeadSink
 from agent.settings import Settings
-from plugins.local.lead import LeadSink
 from plugins.observability.switches import SwitchEvent
 
 log = structlog.get_logger(__name__)

@@ -26,8 +26,8 @@ from livekit.plugins import (  # noqa: F401
 
 from agent.call import CallRuntime, build_call_runtime
 from agent.logs import configure_structlog
+from agent.responder.lead import LeadSink
 from agent.settings import Settings, load_settings
-from plugins.local.lead import LeadSink
 from plugins.resilience.types import GuardObserver
 from plugins.spec import FLOOR_PROVIDER
 

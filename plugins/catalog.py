@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import structlog
 from livekit.agents import llm, stt, tts
 
-from plugins.local.lead import LeadSink
+from plugins.local.responder import Responder
 from plugins.resilience.errors import ResponseTap
 from plugins.resilience.guard import UNIT_LLM, UNIT_STT, UNIT_TTS
 from plugins.spec import FLOOR_PROVIDER, KNOWN_PROVIDERS, ProviderSpec, Slot
@@ -35,7 +36,7 @@ class BuildContext:
 
     http_session: aiohttp.ClientSession | None = None
     tap: ResponseTap | None = None  # OpenAI-SDK plugins: our client reports error responses
-    lead_sink: LeadSink | None = None  # free-llm hands confirmed leads to the CRM path
+    responder: Responder | None = None  # what free-llm says: the application's, if it has one
 
 
 def _openai_client(spec: ProviderSpec, ctx: BuildContext, default_base_url: str) -> Any:
@@ -206,12 +207,31 @@ def _google_llm(spec: ProviderSpec, ctx: BuildContext) -> llm.LLM[Any]:
 
 
 def _free_llm(spec: ProviderSpec, ctx: BuildContext) -> llm.LLM[Any]:
-    from plugins.local.scripted_llm import ScriptedLLM
+    from plugins.local.scripted_llm import MODEL, ScriptedLLM
 
-    company = spec.extra.get("company")
-    if company:
-        return ScriptedLLM(sink=ctx.lead_sink, company=company)
-    return ScriptedLLM(sink=ctx.lead_sink)
+    responder = ctx.responder if ctx.responder is not None else _faq_responder(spec)
+    return ScriptedLLM(responder, model=spec.model or MODEL)
+
+
+def _faq_responder(spec: ProviderSpec) -> Responder:
+    """The library's generic floor: ``extra["company"]`` and an ``extra["faq_file"]`` TOML.
+
+    A bad FAQ file is logged loudly and the floor speaks without it: the chain never loses
+    its last provider over a typo.
+    """
+    from plugins.local.faq import FaqBook
+    from plugins.local.faq_responder import FaqResponder
+
+    business = spec.extra.get("company", "")
+    faq_file = spec.extra.get("faq_file")
+    if not faq_file:
+        return FaqResponder(business=business)
+    try:
+        book = FaqBook.from_file(faq_file, fields={"company": business or "us"})
+    except ValueError as e:
+        structlog.get_logger(__name__).error("free_llm_faq_unusable", reason=str(e))
+        return FaqResponder(business=business)
+    return FaqResponder(book, business=business)
 
 
 # -- TTS -------------------------------------------------------------------------------------

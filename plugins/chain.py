@@ -28,7 +28,7 @@ from plugins.catalog import (
     entry_for,
     has_key,
 )
-from plugins.local.lead import LeadSink
+from plugins.local.responder import Responder
 from plugins.resilience.breaker import key_fingerprint
 from plugins.resilience.deadlines import DEFAULT_DEADLINES, AdaptiveDeadline, DeadlineSettings
 from plugins.resilience.errors import ResponseTap
@@ -49,6 +49,7 @@ log = structlog.get_logger(__name__)
 HEDGE_MIN_S = 0.05
 
 Guarded = GuardedSTT | GuardedLLM | GuardedTTS
+Member = stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any]
 
 
 @dataclass
@@ -63,6 +64,8 @@ class Chains:
     guards: dict[str, Guarded] = field(default_factory=dict)
     probers: dict[str, Prober] = field(default_factory=dict)
     http_sessions: list[aiohttp.ClientSession] = field(default_factory=list)
+    #: the unguarded floors: closed here (LiveKit's adapters do not close their members)
+    floors: list[Member] = field(default_factory=list)
 
     async def aclose(self) -> None:
         for prober in self.probers.values():
@@ -74,6 +77,8 @@ class Chains:
         await self.tts.aclose()
         for guarded in self.guards.values():
             await guarded.aclose()
+        for floor in self.floors:
+            await floor.aclose()  # free-llm's responder finishes saving what it captured
         for session in self.http_sessions:
             await session.close()
 
@@ -88,7 +93,7 @@ def build_chains(
     clock: Callable[[], float] = time.time,
     probes: bool = True,
     llm_attempt_timeout: float = 5.0,
-    lead_sink: LeadSink | None = None,
+    responder: Responder | None = None,
     midstream: bool = True,
     hedge_requests: bool = False,
 ) -> Chains:
@@ -97,7 +102,9 @@ def build_chains(
     ``vad`` is needed for non-streaming STT (Whisper); without it those are skipped.
     ``clock`` must be the store's clock (probers turn its ``open_until`` into sleeps).
     ``probes=False`` leaves recovery to explicit ``Chains.probers[key].try_probe()`` calls.
-    ``lead_sink`` receives the leads the free LLM captures (the CRM tools' path).
+    ``responder`` decides what the ``free-llm`` floor says (and which tools it calls): the
+    application's own conversation; without one the floor is the generic
+    :class:`plugins.local.faq_responder.FaqResponder`.
     ``midstream`` (default on) uses the adapters that survive a failure mid-stream: the LLM
     answer continues on the next provider, TTS resumes at the first unspoken sentence, STT
     replays the caller's current utterance; ``False`` gives LiveKit's stock adapters.
@@ -118,6 +125,7 @@ def build_chains(
     guards: dict[str, Guarded] = {}
     probers: dict[str, Prober] = {}
     sessions: list[aiohttp.ClientSession] = []
+    floors: list[Member] = []
 
     for slot in ("stt", "llm", "tts"):
         slot_specs = _ordered(slot, specs)
@@ -137,13 +145,13 @@ def build_chains(
                 log.info("provider skipped", provider=spec.key, reason=reason)
                 continue
             tap = ResponseTap()
-            ctx = BuildContext(tap=tap, lead_sink=lead_sink)
+            ctx = BuildContext(tap=tap, responder=responder)
             if entry.uses_aiohttp and _loop_running():
                 session = aiohttp.ClientSession(
                     trace_configs=[tap.aiohttp_trace()], ws_response_class=tap.websocket_class()
                 )
                 sessions.append(session)
-                ctx = BuildContext(http_session=session, tap=tap, lead_sink=lead_sink)
+                ctx = BuildContext(http_session=session, tap=tap, responder=responder)
             try:
                 plugin = entry.build(spec, ctx)
             except (ProviderUnusableError, ValueError) as e:
@@ -152,6 +160,7 @@ def build_chains(
                 continue
             if entry.is_local and spec.name == FLOOR[slot]:
                 chains[slot].append(plugin)  # the floor is never guarded off
+                floors.append(plugin)
                 order[slot].append(spec.key)
                 continue
             guard = Guard(
@@ -206,6 +215,7 @@ def build_chains(
         guards=guards,
         probers=probers,
         http_sessions=sessions,
+        floors=floors,
     )
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from agent.crm.ghl_client import CallPolicy, GhlClient
+from agent.crm.ghl_sim import GhlSimulator
 from agent.crm.rate_limit import TokenBucket
 from agent.journal.deliverer import OutboxDeliverer
 from agent.journal.store import JournalStore
-from plugins.sim.ghl_sim import GhlSimulator
 
 KEY = "k" * 16 + "0123456789abcdef"  # 32 characters, obviously fake
 OTHER_KEY = "z" * 32

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from agent.crm.ghl_client import GhlClient
+from agent.crm.ghl_sim import GhlSimulator
 from agent.journal.crypto import JournalKeyError
 from agent.journal.deliverer import OutboxDeliverer
 from agent.journal.store import JOURNAL_FILENAME, JournalStore
-from plugins.sim.ghl_sim import GhlSimulator
 
 KEY = "c" * 32
 PHONE = "+14155550123"
@@ -39,11 +39,12 @@ async def _child(data_dir: str) -> None:
     from livekit.agents.voice.events import ConversationItemAddedEvent
 
     from agent.journal.recorder import CallRecorder
+    from agent.responder.sales_responder import SalesResponder
     from plugins.local.scripted_llm import ScriptedLLM
 
     store = JournalStore.in_dir(data_dir, os.environ["ENCRYPTION_KEY"])
     recorder = CallRecorder(store, CALL_ID, caller_phone=PHONE)
-    session: AgentSession[None] = AgentSession(llm=ScriptedLLM())
+    session: AgentSession[None] = AgentSession(llm=ScriptedLLM(SalesResponder()))
     recorder.attach(session)
 
     def said(ev: ConversationItemAddedEvent) -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.crm.ghl_sim import GhlSimulator
 from plugins.sim.cartesia_sim import CartesiaSimulator
 from plugins.sim.deepgram_sim import DeepgramSimulator
 from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
 from plugins.sim.gemini_sim import GeminiSimulator
-from plugins.sim.ghl_sim import GhlSimulator
 from plugins.sim.openai_sim import OpenAISimulator
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.crm.ghl_sim import GhlSimulator
 from agent.drain import JournalFlush
 from agent.journal.store import JOURNAL_FILENAME
 from agent.settings import load_settings
-from plugins.sim.ghl_sim import GhlSimulator
 from plugins.sim.livekit_dispatch import DispatchServer, WorkerConnection
 from tests.production_fixtures import (
     API_KEY,

@@ -16,9 +16,9 @@ from agent.crm.errors import (
     GhlValidationError,
 )
 from agent.crm.ghl_client import GhlClient
+from agent.crm.ghl_sim import GhlSimulator
 from agent.crm.rate_limit import TokenBucket
 from plugins.sim.faults import Fault, FaultType
-from plugins.sim.ghl_sim import GhlSimulator
 
 pytest_plugins = ["ghl_fixtures"]
 LOCATION = "sim-location"

@@ -10,13 +10,13 @@ import pytest
 from livekit.agents import llm
 
 from agent.crm.ghl_client import GhlClient
+from agent.crm.ghl_sim import GhlSimulator
 from agent.crm.leads import JournaledLeadSink
 from agent.crm.tools import CrmTools
 from agent.journal.deliverer import OutboxDeliverer
 from agent.journal.store import JournalStore
-from plugins.local.lead import Lead
+from agent.responder.lead import Lead
 from plugins.sim.faults import Fault, FaultType
-from plugins.sim.ghl_sim import GhlSimulator
 
 pytest_plugins = ["ghl_fixtures"]
 CALENDAR = "sim-calendar"

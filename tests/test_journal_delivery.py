@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from agent.crm.ghl_client import GhlClient
+from agent.crm.ghl_sim import GhlSimulator
 from agent.journal import outbox
 from agent.journal.deliverer import OutboxDeliverer
 from agent.journal.finish import finish_call
 from agent.journal.recorder import CallRecorder
 from agent.journal.store import JournalStore
 from plugins.sim.faults import Fault, FaultType
-from plugins.sim.ghl_sim import GhlSimulator
 
 pytest_plugins = ["ghl_fixtures"]
 LOCATION = "sim-location"

@@ -13,11 +13,11 @@ from livekit.agents import Agent, AgentSession, llm, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 from agent.crm.ghl_client import GhlClient
+from agent.crm.ghl_sim import GhlSimulator
 from agent.crm.tools import CrmTools
 from agent.journal.deliverer import OutboxDeliverer
 from agent.journal.recorder import CallRecorder
 from agent.journal.store import JournalStore
-from plugins.sim.ghl_sim import GhlSimulator
 
 pytest_plugins = ["ghl_fixtures"]
 CALLER = "+14155550100"

@@ -15,10 +15,12 @@ import pytest
 from livekit.agents import AgentSession, llm, vad
 from livekit.plugins import silero
 
+from agent.responder.sales_responder import SalesResponder
+from agent.responder.sales_script import SalesScript
 from agent.sales_agent import SalesAgent
 from plugins.local.hibari_tts import HibariEngine, HibariTTS
-from plugins.local.sales_script import SalesScript
-from plugins.local.scripted_llm import ScriptedLLM, messages_from_chat_ctx
+from plugins.local.responder import messages_from_chat_ctx
+from plugins.local.scripted_llm import ScriptedLLM
 from plugins.local.sphinx_stt import SphinxEngine, SphinxSTT
 from plugins.sim.phone_line import AgentTurn, PhoneLine, speech_seconds
 
@@ -64,7 +66,7 @@ def silero_vad() -> vad.VAD:
 @pytest.fixture
 async def line(silero_vad: vad.VAD) -> AsyncIterator[PhoneLine]:
     session: AgentSession[None] = AgentSession(
-        stt=SphinxSTT(), llm=ScriptedLLM(), tts=HibariTTS(), vad=silero_vad
+        stt=SphinxSTT(), llm=ScriptedLLM(SalesResponder()), tts=HibariTTS(), vad=silero_vad
     )
     async with PhoneLine(session, SalesAgent(greeting=GREETING), speed=2.0) as phone:
         greeting = await phone.listen()

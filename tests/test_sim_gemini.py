@@ -24,7 +24,7 @@ from livekit.agents import (
 )
 from livekit.plugins import google
 
-from plugins.local.sales_script import SalesScript
+from plugins.local.faq_responder import FaqResponder
 from plugins.sim.faults import Fault, FaultType
 from plugins.sim.gemini_sim import GeminiSimulator
 
@@ -52,7 +52,7 @@ def _llm(sim: GeminiSimulator, key: str = KEY) -> google.LLM:
 
 SYSTEM = "You are a sales agent."
 USER = "Hi, how much does it cost?"
-SCRIPTED = SalesScript().reply([("system", SYSTEM), ("user", USER)])
+SCRIPTED = FaqResponder().reply([("system", SYSTEM), ("user", USER)])
 
 
 def _ctx() -> llm.ChatContext:
@@ -79,10 +79,10 @@ def _route(sim: GeminiSimulator) -> str:
 
 
 # -- happy paths ---------------------------------------------------------------------------
-async def test_stream_answers_with_the_sales_script(sim: GeminiSimulator) -> None:
+async def test_stream_answers_with_the_default_responder(sim: GeminiSimulator) -> None:
     chunks = await _chat(_llm(sim))
     text = _text(chunks)
-    assert text == SCRIPTED  # exactly what the local sales script says to this history
+    assert text == SCRIPTED  # exactly what the default responder says to this history
     usage = [c.usage for c in chunks if c.usage]
     assert usage and usage[-1].completion_tokens > 0 and usage[-1].prompt_tokens > 0
     body = sim.last_request

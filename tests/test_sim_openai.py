@@ -26,7 +26,7 @@ from livekit.agents import (
 )
 from livekit.plugins import openai
 
-from plugins.local.sales_script import SalesScript
+from plugins.local.faq_responder import FaqResponder
 from plugins.sim.faults import Fault, FaultPlan, FaultType, SimState
 from plugins.sim.openai_sim import OpenAISimulator
 
@@ -50,7 +50,7 @@ async def router() -> AsyncIterator[OpenAISimulator]:
 
 SYSTEM = "You are a sales agent."
 USER = "Hi, how much does it cost?"
-SCRIPTED = SalesScript().reply([("system", SYSTEM), ("user", USER)])
+SCRIPTED = FaqResponder().reply([("system", SYSTEM), ("user", USER)])
 
 
 def _ctx(text: str = USER) -> llm.ChatContext:
@@ -81,10 +81,10 @@ def _llm(sim: OpenAISimulator, key: str = KEY) -> openai.LLM:
 
 
 # -- chat: happy paths ---------------------------------------------------------------------
-async def test_chat_streams_the_sales_script_with_usage(sim: OpenAISimulator) -> None:
+async def test_chat_streams_the_default_responder_with_usage(sim: OpenAISimulator) -> None:
     chunks = await _chat(_llm(sim))
     text = _text(chunks)
-    assert text == SCRIPTED  # exactly what the local sales script says to this history
+    assert text == SCRIPTED  # exactly what the default responder says to this history
     usage = [c.usage for c in chunks if c.usage]
     assert len(usage) == 1 and usage[0].completion_tokens > 0 and usage[0].prompt_tokens > 0
     body = sim.last_chat_request
@@ -103,7 +103,7 @@ async def test_scripted_replies_and_tool_calls_reach_the_plugin(sim: OpenAISimul
         ("book_call", '{"when":"tomorrow 9am","phone":"+15551234567"}')
     ]
     assert calls[0].call_id.startswith("call_")
-    # the queue is used up: the sales script answers again
+    # the queue is used up: the default responder answers again
     assert _text(await _chat(_llm(sim))) == SCRIPTED
 
 

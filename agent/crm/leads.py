@@ -19,7 +19,7 @@ from agent.crm.validation import (
 from agent.journal import outbox
 from agent.journal.deliverer import OutboxDeliverer
 from agent.journal.store import JournalStore
-from plugins.local.lead import Lead
+from agent.responder.lead import Lead
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +71,7 @@ def queue_lead(
 
 
 class JournaledLeadSink:
-    """:class:`plugins.local.lead.LeadSink` for the scripted LLM: same path as the tools."""
+    """:class:`agent.responder.lead.LeadSink` for the scripted LLM: same path as the tools."""
 
     def __init__(
         self,

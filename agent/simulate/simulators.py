@@ -14,6 +14,7 @@ from pydantic import AnyHttpUrl, SecretStr
 from agent.settings import Settings
 from agent.simulate.scenarios import SIMULATORS, FaultStep, SimName
 from plugins.sim.faults import SimState
+from plugins.sim.llm_script import ReplyFn
 
 SIM_KEY = "sim-key"
 
@@ -42,11 +43,11 @@ def make_simulator(name: SimName) -> Simulator:
     elif name in ("openai", "openrouter"):
         from plugins.sim.openai_sim import OpenAISimulator
 
-        sim = OpenAISimulator(flavor=name, token_interval_s=0.01)
+        sim = OpenAISimulator(flavor=name, token_interval_s=0.01, reply=_sales_reply())
     elif name == "gemini":
         from plugins.sim.gemini_sim import GeminiSimulator
 
-        sim = GeminiSimulator()
+        sim = GeminiSimulator(reply=_sales_reply())
     elif name == "cartesia":
         from plugins.sim.cartesia_sim import CartesiaSimulator
 
@@ -58,6 +59,13 @@ def make_simulator(name: SimName) -> Simulator:
     else:
         raise ValueError(f"no simulator named {name!r}; known: {', '.join(SIMULATORS)}")
     return sim
+
+
+def _sales_reply() -> ReplyFn:
+    """The simulated cloud LLMs speak the sales script, as the free LLM would."""
+    from agent.responder.sales_script import SalesScript
+
+    return SalesScript().reply
 
 
 def sim_settings(base: Settings, urls: dict[SimName, str], data_dir: Path) -> Settings:

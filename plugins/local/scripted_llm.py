@@ -1,22 +1,17 @@
-"""``free-llm``: the scripted sales responder as a real LiveKit LLM, the last link of the chain.
+"""``free-llm``: an injected :class:`Responder` as a real LiveKit LLM, the last link of the chain.
 
-When every cloud LLM is down the caller still hears a sales agent: this LLM reads the chat
-context LiveKit hands it each turn, asks :class:`SalesScript` for the next line and streams it
-back word by word like any provider. It needs no network and no key, and it never raises for
-a bad turn: a script failure becomes a polite "could you say that again".
-
-When the caller confirms the read-back of their details, the captured :class:`Lead` goes to
-the same :class:`LeadSink` the CRM tools use, once per confirmation, in the background so the
-reply is not held up. A sink failure is logged and the lead is kept and retried on the next
-turn and at ``aclose()``, so it is not lost.
+When every cloud LLM is down the caller still hears the agent: this LLM hands the chat context
+LiveKit builds each turn to its responder and streams the reply back word by word like any
+provider, then the responder's tool calls (LiveKit runs the agent's tools and calls this LLM
+again with their results, exactly as it does for a cloud LLM). It needs no network and no key,
+and it never raises for a bad turn: a responder failure becomes a polite "could you say that
+again", and a second failure in a row moves the call on instead of repeating it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import structlog
@@ -28,38 +23,16 @@ from livekit.agents.types import (
     NotGivenOr,
 )
 
-from plugins.local.lead import Lead, LeadSink
-from plugins.local.lead_extraction import DEFAULT_REGION
-from plugins.local.sales_script import (
-    DEFAULT_AGENT_NAME,
-    DEFAULT_COMPANY,
-    Message,
-    SalesScript,
-)
+from plugins.local.faq_responder import FaqResponder
+from plugins.local.responder import Reply, Responder, Turn
 
 log = structlog.get_logger(__name__)
 
 PROVIDER = "free-llm"
-MODEL = "scripted-sales-v1"
-_FALLBACK_LINE = "Sorry, I didn't quite get that. Could you say it again?"
-_MAX_REMEMBERED_CONVERSATIONS = 1024
+MODEL = "scripted-v1"
+FALLBACK_LINE = "Sorry, I didn't quite get that. Could you say it again?"
+MOVE_ON_LINE = "Let's try that another way. What else can I help you with?"
 _PIECE = re.compile(r"\S+\s*")
-
-_LeadKey = tuple[str | None, str | None, str | None, str | None]
-
-
-def messages_from_chat_ctx(chat_ctx: llm.ChatContext) -> list[Message]:
-    """The (role, text) history the script reads; tool calls and non-text content are skipped."""
-    messages: list[Message] = []
-    for item in chat_ctx.items:
-        if not isinstance(item, llm.ChatMessage):
-            continue
-        text = (item.text_content or "").strip()
-        if not text:
-            continue
-        role = "system" if item.role == "developer" else item.role
-        messages.append((role, text))
-    return messages
 
 
 def estimate_tokens(text: str) -> int:
@@ -68,44 +41,29 @@ def estimate_tokens(text: str) -> int:
 
 
 class ScriptedLLM(llm.LLM[Literal["metrics_collected", "error"]]):
-    """A deterministic, offline LLM that runs the sales script over the chat context."""
+    """A deterministic, offline LLM whose answers come from ``responder``.
 
-    def __init__(
-        self,
-        faq: Mapping[str, str] | None = None,
-        *,
-        sink: LeadSink | None = None,
-        company: str = DEFAULT_COMPANY,
-        agent_name: str = DEFAULT_AGENT_NAME,
-        region: str = DEFAULT_REGION,
-        script: SalesScript | None = None,
-    ) -> None:
+    The LLM owns the responder: :meth:`aclose` closes it. Without one it speaks the library's
+    generic :class:`FaqResponder` (a greeting and an empty FAQ).
+    """
+
+    def __init__(self, responder: Responder | None = None, *, model: str = MODEL) -> None:
         super().__init__()
-        self._script = script or SalesScript(
-            faq, company=company, agent_name=agent_name, region=region
-        )
-        self._sink = sink
-        self._label = f"{PROVIDER}/{MODEL}"  # LLM.__init__ sets it; metrics and errors read it
-        self._saved: OrderedDict[str, set[_LeadKey]] = OrderedDict()
-        self._unsaved: list[tuple[str, Lead]] = []
-        self._save_tasks: set[asyncio.Task[None]] = set()
+        self._responder: Responder = responder if responder is not None else FaqResponder()
+        self._model = model
+        self._label = f"{PROVIDER}/{model}"  # LLM.__init__ sets it; metrics and errors read it
 
     @property
     def model(self) -> str:
-        return MODEL
+        return self._model
 
     @property
     def provider(self) -> str:
         return PROVIDER
 
     @property
-    def script(self) -> SalesScript:
-        return self._script
-
-    @property
-    def unsaved_leads(self) -> list[Lead]:
-        """Confirmed leads the sink refused so far (retried next turn and at ``aclose``)."""
-        return [lead for _, lead in self._unsaved]
+    def responder(self) -> Responder:
+        return self._responder
 
     def chat(
         self,
@@ -117,85 +75,37 @@ class ScriptedLLM(llm.LLM[Literal["metrics_collected", "error"]]):
         tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
         extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
     ) -> ScriptedLLMStream:
-        # tools are accepted and never called: the script has no way to choose arguments
         return ScriptedLLMStream(
             self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options
         )
 
     async def aclose(self) -> None:
-        """Wait for leads being saved, and give refused ones one last try."""
-        self._retry_unsaved()
-        while self._save_tasks:
-            await asyncio.gather(*list(self._save_tasks), return_exceptions=True)
+        try:
+            await self._responder.aclose()
+        except Exception:
+            log.exception("free_llm_responder_close_failed")
         await super().aclose()
 
-    # --- called by the stream -----------------------------------------------------------
-
-    def _respond(self, messages: list[Message], conversation: str) -> str:
-        """The reply for this history; hands a newly confirmed lead to the sink."""
+    async def _respond(self, turn: Turn) -> Reply:
         try:
-            reply = self._script.reply(messages)
+            reply = await self._responder.respond(turn)
         except Exception:
-            log.exception("free_llm_script_failed", turns=len(messages))
-            return _FALLBACK_LINE
-        self._retry_unsaved()
-        if self._sink is not None and messages and messages[-1][0] == "user":
-            try:
-                self._maybe_save(messages, conversation)
-            except Exception:
-                log.exception("free_llm_lead_check_failed")
+            log.exception("free_llm_responder_failed", items=len(turn.chat_ctx.items))
+            return Reply(text=_recovery_line(turn))
+        if not reply.text.strip() and not reply.tool_calls:
+            log.error("free_llm_responder_said_nothing")
+            return Reply(text=_recovery_line(turn))
         return reply
 
-    def _maybe_save(self, messages: list[Message], conversation: str) -> None:
-        # only the turn on which the caller says yes: a lead confirmed earlier (by this script
-        # or by a cloud LLM whose CRM tools already saved it) is not saved again
-        if not self._script.confirmed(messages) or self._script.confirmed(messages[:-1]):
-            return
-        lead = self._script.lead(messages)
-        key: _LeadKey = (lead.name, lead.phone, lead.email, lead.preferred_time)
-        seen = self._saved.setdefault(conversation, set())
-        self._saved.move_to_end(conversation)
-        while len(self._saved) > _MAX_REMEMBERED_CONVERSATIONS:
-            self._saved.popitem(last=False)
-        if key in seen:
-            return  # the same turn generated twice (preemptive generation, a retry)
-        seen.add(key)
-        self._start_save(conversation, lead)
 
-    def _start_save(self, conversation: str, lead: Lead) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._save(conversation, lead), name="free_llm.save_lead"
-        )
-        self._save_tasks.add(task)
-        task.add_done_callback(self._save_tasks.discard)
-
-    async def _save(self, conversation: str, lead: Lead) -> None:
-        assert self._sink is not None
-        fields = [f for f in ("name", "phone", "email", "preferred_time") if getattr(lead, f)]
-        try:
-            await self._sink.save_lead(lead)
-        except Exception as exc:
-            # the lead stays here and is offered again; its contents never reach the log
-            self._unsaved.append((conversation, lead))
-            log.error(
-                "free_llm_lead_save_failed",
-                error_type=type(exc).__name__,
-                fields=fields,
-                pending=len(self._unsaved),
-            )
-            return
-        log.info("free_llm_lead_saved", fields=fields)
-
-    def _retry_unsaved(self) -> None:
-        if self._sink is None or not self._unsaved:
-            return
-        pending, self._unsaved = self._unsaved, []
-        for conversation, lead in pending:
-            self._start_save(conversation, lead)
+def _recovery_line(turn: Turn) -> str:
+    """The apology, unless the agent just said it: then move on rather than loop."""
+    said = [text for role, text in turn.messages if role == "assistant"]
+    return MOVE_ON_LINE if said and said[-1] == FALLBACK_LINE else FALLBACK_LINE
 
 
 class ScriptedLLMStream(llm.LLMStream):
-    """Streams one scripted reply as word-sized chunks, then a usage chunk."""
+    """Streams one reply as word-sized chunks, then its tool calls, then a usage chunk."""
 
     def __init__(
         self,
@@ -209,17 +119,26 @@ class ScriptedLLMStream(llm.LLMStream):
         self._owner = owner
 
     async def _run(self) -> None:
-        messages = messages_from_chat_ctx(self.chat_ctx)
-        reply = self._owner._respond(messages, _conversation_key(self.chat_ctx))
+        turn = Turn(chat_ctx=self.chat_ctx, tools=list(self.tools))
+        reply = await self._owner._respond(turn)
         request_id = utils.shortuuid("free_llm_")
-        for piece in _PIECE.findall(reply):
+        for piece in _PIECE.findall(reply.text):
             # _event_ch is LLMStream's output channel, the extension point every plugin uses
             self._event_ch.send_nowait(
                 llm.ChatChunk(id=request_id, delta=llm.ChoiceDelta(role="assistant", content=piece))
             )
             await asyncio.sleep(0)  # let the consumer start speaking the first words
-        prompt_tokens = sum(estimate_tokens(text) for _, text in messages)
-        completion_tokens = estimate_tokens(reply)
+        if reply.tool_calls:
+            self._event_ch.send_nowait(
+                llm.ChatChunk(
+                    id=request_id,
+                    delta=llm.ChoiceDelta(role="assistant", tool_calls=list(reply.tool_calls)),
+                )
+            )
+        prompt_tokens = sum(estimate_tokens(text) for _, text in turn.messages)
+        completion_tokens = estimate_tokens(reply.text) + sum(
+            estimate_tokens(c.arguments) for c in reply.tool_calls
+        )
         self._event_ch.send_nowait(
             llm.ChatChunk(
                 id=request_id,
@@ -230,11 +149,3 @@ class ScriptedLLMStream(llm.LLMStream):
                 ),
             )
         )
-
-
-def _conversation_key(chat_ctx: llm.ChatContext) -> str:
-    """The id of the conversation's first user message: stable across a session's turns."""
-    for item in chat_ctx.items:
-        if isinstance(item, llm.ChatMessage) and item.role == "user":
-            return item.id
-    return ""

@@ -23,10 +23,17 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from plugins.local.responder import Message
 from plugins.sim.fault_schedule import StreamActor, StreamStoppedError
 from plugins.sim.faults import Fault, FaultType, SimState
 from plugins.sim.http_common import HttpSimulator, run_cli
-from plugins.sim.llm_script import LlmBrain, Message, Turn, estimate_tokens, split_deltas
+from plugins.sim.llm_script import (
+    LlmBrain,
+    ReplyFn,
+    Turn,
+    estimate_tokens,
+    split_deltas,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -191,12 +198,12 @@ class GeminiSimulator(HttpSimulator):
         state: SimState | None = None,
         *,
         api_key: str | None = None,
-        faq: Mapping[str, str] | None = None,
+        reply: ReplyFn | None = None,
         chunk_interval_s: float = 0.0,
     ) -> None:
         super().__init__(state)
         self.api_key = api_key
-        self.brain = LlmBrain(faq)
+        self.brain = LlmBrain(reply)
         self.chunk_interval_s = chunk_interval_s
         #: the last generate request body, for tests that check what the plugin sent
         self.last_request: dict[str, Any] | None = None

@@ -1,8 +1,9 @@
-"""What a simulated LLM says: turns a test scripted, else the local sales script.
+"""What a simulated LLM says: turns a test scripted, else a deterministic conversation.
 
 The OpenAI-compatible and Gemini simulators share this so a test (or ``simulate``) can script
-the model per call (``script_replies``, ``script_tool_call``) and otherwise get the same
-deterministic sales dialogue the local fallback LLM speaks.
+the model per call (``script_replies``, ``script_tool_call``) and otherwise get a deterministic
+dialogue: the application's (``simulate`` passes the sales script the free LLM speaks) or, by
+default, the library's generic :class:`plugins.local.faq_responder.FaqResponder`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import json
 import re
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from plugins.local.sales_script import SalesScript
+from plugins.local.faq_responder import FaqResponder
+from plugins.local.responder import Message
 
-Message = tuple[str, str]
+ReplyFn = Callable[[Sequence[Message]], str]
+"""The model's answer to a (role, text) history when no turn is scripted."""
 
 _PIECES = re.compile(r"\s*\S+")
 
@@ -41,10 +44,10 @@ class Turn:
 
 
 class LlmBrain:
-    """Scripted turns first (in order, one per request), then :class:`SalesScript`."""
+    """Scripted turns first (in order, one per request), then ``reply``."""
 
-    def __init__(self, faq: Mapping[str, str] | None = None) -> None:
-        self._script = SalesScript(faq=faq)
+    def __init__(self, reply: ReplyFn | None = None) -> None:
+        self._reply: ReplyFn = reply or FaqResponder().reply
         self._queue: deque[Turn] = deque()
         self._lock = threading.Lock()
 
@@ -87,7 +90,7 @@ class LlmBrain:
         with self._lock:
             if self._queue:
                 return self._queue.popleft()
-        return Turn(text=self._script.reply(list(messages)))
+        return Turn(text=self._reply(list(messages)))
 
 
 def estimate_tokens(text: str) -> int:

@@ -33,12 +33,13 @@ import numpy as np
 import structlog
 from aiohttp import web
 
+from plugins.local.responder import Message
 from plugins.sim.fault_schedule import StreamActor, StreamStoppedError
 from plugins.sim.faults import Fault, FaultType, SimState
 from plugins.sim.http_common import HttpSimulator, run_cli
 from plugins.sim.llm_script import (
     LlmBrain,
-    Message,
+    ReplyFn,
     Turn,
     estimate_tokens,
     split_deltas,
@@ -279,7 +280,7 @@ class OpenAISimulator(HttpSimulator):
         *,
         flavor: Flavor = "openai",
         api_key: str | None = None,
-        faq: Mapping[str, str] | None = None,
+        reply: ReplyFn | None = None,
         token_interval_s: float = 0.0,
     ) -> None:
         super().__init__(state)
@@ -290,7 +291,7 @@ class OpenAISimulator(HttpSimulator):
         self.name = flavor
         self.base_path = "/api/v1" if flavor == "openrouter" else "/v1"
         self.api_key = api_key
-        self.brain = LlmBrain(faq)
+        self.brain = LlmBrain(reply)
         self.token_interval_s = token_interval_s
         #: the last chat request body, for tests that check what the plugin sent
         self.last_chat_request: dict[str, Any] | None = None

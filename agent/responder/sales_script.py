@@ -10,18 +10,16 @@ call back. Replies are short plain sentences, written to be spoken.
 
 from __future__ import annotations
 
-import difflib
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
-from importlib import resources
+from functools import cache
+from pathlib import Path
 
 import phonenumbers
 
-from plugins.local.lead import Lead
-from plugins.local.lead_extraction import (
+from agent.responder.lead import Lead
+from agent.responder.lead_extraction import (
     DEFAULT_REGION,
     LEAD_FIELDS,
     Extraction,
@@ -29,16 +27,14 @@ from plugins.local.lead_extraction import (
     extract_all,
     tokenize,
 )
-
-Message = tuple[str, str]
-"""(role, text) with role in {"system", "user", "assistant"}."""
+from plugins.local.faq import FaqBook, FaqEntry, has_phrase, load_faq
+from plugins.local.responder import Message
 
 DEFAULT_COMPANY = "Acme Growth"  # the sales agent's default, so a failover keeps the name
 DEFAULT_AGENT_NAME = "Alex"
-DEFAULT_FAQ_RESOURCE = "default_faq.toml"
+DEFAULT_FAQ_FILE = Path(__file__).with_name("faq.toml")
 
 _ROLES = frozenset({"system", "developer", "user", "assistant"})
-_UNSPEAKABLE = re.compile(r"[*#`_\[\]<>|]")
 
 _QUESTIONS: dict[LeadField, str] = {
     "name": "May I have your name, please?",
@@ -121,40 +117,9 @@ _NOT_INTERESTED = (
 _HELLO = frozenset({"hi", "hello", "hey", "morning", "afternoon", "evening", "there", "good"})
 
 
-def load_faq(path: str | None = None) -> dict[str, str]:
-    """The FAQ from a TOML file with a ``[faq]`` table (default: the one shipped with us)."""
-    if path is None:
-        text = resources.files("plugins.local").joinpath(DEFAULT_FAQ_RESOURCE).read_text("utf-8")
-        source = f"plugins/local/{DEFAULT_FAQ_RESOURCE}"
-    else:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-        source = path
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"FAQ file {source} is not valid TOML: {exc}") from exc
-    faq = data.get("faq")
-    if not isinstance(faq, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in faq.items()
-    ):
-        raise ValueError(
-            f"FAQ file {source} needs a [faq] table of "
-            '"trigger, other trigger" = "spoken answer" string pairs'
-        )
-    return dict(faq)
-
-
 @cache
 def _default_faq() -> tuple[tuple[str, str], ...]:
-    return tuple(load_faq().items())
-
-
-@dataclass(frozen=True)
-class _FaqEntry:
-    topic: str
-    triggers: tuple[tuple[str, ...], ...]
-    answer: str
+    return tuple(load_faq(DEFAULT_FAQ_FILE).items())
 
 
 @dataclass
@@ -210,31 +175,7 @@ class SalesScript:
         self.agent_name = agent_name.strip()
         self.region = region.strip().upper()
         source = dict(_default_faq()) if faq is None else dict(faq)
-        self._faq = [self._faq_entry(k, v) for k, v in source.items()]
-
-    def _faq_entry(self, key: str, answer: str) -> _FaqEntry:
-        triggers = tuple(
-            tuple(t.low for t in tokenize(phrase)) for phrase in key.split(",") if phrase.strip()
-        )
-        if not triggers or not all(triggers):
-            raise ValueError(
-                f"FAQ key {key!r} has no trigger words: use comma-separated phrases "
-                'like "price, pricing, how much"'
-            )
-        try:
-            spoken = answer.format(company=self.company, agent_name=self.agent_name).strip()
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"FAQ answer for {key!r} has a bad placeholder ({exc}): "
-                "only {company} and {agent_name} are filled in"
-            ) from exc
-        if not spoken:
-            raise ValueError(f"FAQ answer for {key!r} is empty: give the sentence to say")
-        if _UNSPEAKABLE.search(spoken):
-            raise ValueError(
-                f"FAQ answer for {key!r} contains markup symbols: write plain spoken sentences"
-            )
-        return _FaqEntry(topic=" ".join(triggers[0]), triggers=triggers, answer=spoken)
+        self._faq = FaqBook(source, fields={"company": self.company, "agent_name": self.agent_name})
 
     # --- public API -----------------------------------------------------------------------
 
@@ -327,7 +268,7 @@ class SalesScript:
         faq_answers = [e.answer for e in self._faq_matches(words)][:2]
         before = conv.last_assistant.lower()
 
-        if _has_phrase(words, _NOT_INTERESTED):
+        if has_phrase(words, _NOT_INTERESTED):
             return ["No problem at all. Thanks for your time, and have a great day. Goodbye."]
         if not found and not faq_answers and self._wants_to_leave(conv, words):
             return self._farewell_or_last_ask(conv)
@@ -425,7 +366,7 @@ class SalesScript:
         )
 
     def _wants_to_leave(self, conv: _Conversation, words: Sequence[str]) -> bool:
-        if _has_phrase(words, _BYE):
+        if has_phrase(words, _BYE):
             return True
         after_anything_else = any(m in conv.last_assistant.lower() for m in _ANYTHING_ELSE_MARKERS)
         return (
@@ -447,41 +388,11 @@ class SalesScript:
             "Before you go, could I get a phone number so one of our specialists can follow up?"
         ]
 
-    def _faq_matches(self, words: Sequence[str]) -> list[_FaqEntry]:
-        scored: list[tuple[int, int, _FaqEntry]] = []
-        for order, entry in enumerate(self._faq):
-            best = 0
-            position = len(words)
-            for trigger in entry.triggers:
-                at = _find_phrase(words, trigger)
-                if at is not None and len(trigger) > best:
-                    best, position = len(trigger), at
-            if best:
-                scored.append((position, order, entry))
-        return [entry for _, _, entry in sorted(scored, key=lambda s: (s[0], s[1]))]
+    def _faq_matches(self, words: Sequence[str]) -> list[FaqEntry]:
+        return self._faq.matches(words)
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=65536)
-def _word_matches(heard: str, trigger: str) -> bool:
-    if heard == trigger:
-        return True
-    if len(trigger) < 6 or abs(len(heard) - len(trigger)) > 2:
-        return False
-    return difflib.SequenceMatcher(None, heard, trigger).ratio() >= 0.84
-
-
-def _find_phrase(words: Sequence[str], phrase: Sequence[str]) -> int | None:
-    for i in range(len(words) - len(phrase) + 1):
-        if all(_word_matches(words[i + k], p) for k, p in enumerate(phrase)):
-            return i
-    return None
-
-
-def _has_phrase(words: Sequence[str], phrases: Sequence[Sequence[str]]) -> bool:
-    return any(_find_phrase(words, p) is not None for p in phrases)
 
 
 def _is_yes(words: Sequence[str]) -> bool:
@@ -552,4 +463,4 @@ def _speak_email(email: str) -> str:
     return spoken.replace("_", " underscore ").replace("-", " dash ")
 
 
-__all__ = ["DEFAULT_AGENT_NAME", "DEFAULT_COMPANY", "Message", "SalesScript", "load_faq"]
+__all__ = ["DEFAULT_AGENT_NAME", "DEFAULT_COMPANY", "DEFAULT_FAQ_FILE", "SalesScript"]

@@ -1,0 +1,1 @@
+"""The sales conversation the free LLM speaks: lead extraction, the script, and its responder."""
