@@ -7,18 +7,24 @@ before anything starts, so a bad value stops the process with one clear line.
 
 from __future__ import annotations
 
-import os
 import sys
+from typing import TYPE_CHECKING, cast
 
-from agent.settings import SettingsError, load_settings
+from agent.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from agent.drain import DrainingServer
+    from agent.readiness import HealthEndpoint
 
 OUR_COMMANDS = ("simulate", "status", "doctor", "journal")
 USAGE = """usage: python -m agent COMMAND [options]
 
 LiveKit worker commands:
   console [--text]   talk to the agent in this terminal (no LiveKit server needed)
-  dev                run a worker against LIVEKIT_URL with hot reload
-  start              run a production worker against LIVEKIT_URL
+  dev                run a worker against LIVEKIT_URL in development mode (readable debug
+                     logs, no drain on exit; no reload: restart it, or use `lk agent dev`)
+  start              run a production worker against LIVEKIT_URL (JSON logs, drains on
+                     SIGTERM, /ready on HEALTH_PORT)
   download-files     fetch the model files the plugins need (run at image build)
 
 Operations:
@@ -27,6 +33,12 @@ Operations:
   doctor             check settings, keys and quotas of every configured provider
   journal            list calls and their CRM delivery state; show a decrypted transcript
 """
+
+
+def _server(settings: Settings, *, health: HealthEndpoint | None, metrics: bool) -> DrainingServer:
+    from agent.worker import create_server  # imports LiveKit: only once the checks passed
+
+    return create_server(settings, health=health, metrics=metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,24 +55,23 @@ def main(argv: list[str] | None = None) -> int:
 
     if command in OUR_COMMANDS:
         from agent import commands
+        from agent.startup import with_key_file
 
-        return commands.run(command, args[1:], settings)
+        # The journal written by console/dev is read back with the key file they created.
+        return commands.run(
+            command, args[1:], with_key_file(settings) if command == "journal" else settings
+        )
 
-    if command == "console" and "--text" not in args:
-        from agent.console_check import audio_console_problem
+    if command in ("console", "dev", "start"):
+        from agent.launch import run_worker_command
+        from agent.startup import WorkerCommand
 
-        problem = audio_console_problem()
-        if problem:
-            sys.stderr.write(f"{problem}\n")
-            return 1
+        return run_worker_command(cast(WorkerCommand, command), args[1:], settings, _server)
 
-    from livekit.agents import cli
+    from livekit.agents import cli  # download-files, and LiveKit's own errors for the rest
 
-    from agent.logs import configure_structlog
     from agent.worker import create_server
 
-    configure_structlog()  # LiveKit's CLI installs the handler (JSON in start, readable in dev)
-    os.environ.setdefault("LIVEKIT_LOG_LEVEL", settings.log_level)
     sys.argv = [sys.argv[0], *args]
     cli.run_app(create_server(settings))
     return 0

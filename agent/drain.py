@@ -10,7 +10,10 @@ any CRM write) sits in the durable journal until the deliverer sends it. So this
   calls of job processes that died, so their transcripts are queued) and a loop while the worker
   runs; after the last call has ended, a final drain bounded by ``flush_timeout_s``.
 * :class:`DrainingServer`: an ``AgentServer`` whose ``aclose()`` (called by LiveKit after its
-  drain, i.e. after every job process is gone) runs that final flush.
+  drain, i.e. after every job process is gone) runs that final flush. It also serves the health
+  port (:mod:`agent.readiness`: ``/ready`` turns 503 as soon as the drain starts, so no new
+  call is routed here) and remembers why ``run()`` failed, because LiveKit's CLI logs such a
+  failure and still exits 0: :mod:`agent.launch` turns it into a non-zero exit.
 
 The journal is SQLite with one fsync'd transaction per record, so the forced exit of a second
 signal can cut delivery short but cannot corrupt it: what was not delivered is delivered by the
@@ -29,6 +32,7 @@ import structlog
 from livekit.agents import AgentServer
 
 from agent.load import WorkerLoad
+from agent.readiness import HealthEndpoint
 from agent.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -112,17 +116,38 @@ class DrainingServer(AgentServer):
         *,
         journal: JournalFlush | None = None,
         settings: Settings | None = None,
+        health: HealthEndpoint | None = None,
         **options: Any,
     ) -> None:
         super().__init__(**options)
         self.journal = journal
+        self.health = health
+        self.failure: str | None = None  # why run() stopped, when it did not stop cleanly
         self._settings = settings
         self._journal_start: asyncio.Task[None] | None = None
+        self._health_start: asyncio.Task[None] | None = None
         self._credit: Any = None
         if journal is not None:
             self.on("worker_started", self._start_journal)
         if settings is not None:
             self.on("worker_started", self._start_credit_watch)
+        if health is not None:
+            health.attach(self)
+            self.on("worker_started", self._start_health)
+
+    async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
+        """LiveKit's ``run()``; a failure is logged as one line and kept in :attr:`failure`."""
+        try:
+            await super().run(devmode=devmode, unregistered=unregistered)
+        except Exception as e:
+            self.failure = f"{type(e).__name__}: {e}"
+            log.error("worker stopped", reason=self.failure)
+
+    def _start_health(self) -> None:
+        assert self.health is not None
+        self._health_start = asyncio.get_running_loop().create_task(
+            self.health.start(), name="health-endpoint-start"
+        )
 
     def _start_credit_watch(self) -> None:
         from agent.call import call_specs, open_health_store
@@ -143,6 +168,11 @@ class DrainingServer(AgentServer):
         await super().aclose()  # every job process has exited: their calls are journaled
         if self._credit is not None:
             await self._credit.aclose()
+        if self.health is not None:
+            if self._health_start is not None:
+                with contextlib.suppress(Exception):
+                    await self._health_start
+            await self.health.aclose()
         if self.journal is None:
             return
         if self._journal_start is not None:
@@ -155,20 +185,32 @@ def production_server(
     settings: Settings,
     *,
     setup_fnc: Callable[..., Any],
-    health_port: int = 8081,
+    health: HealthEndpoint | None = None,
+    metrics: bool = True,
     journal: JournalFlush | None = None,
 ) -> DrainingServer:
-    """The worker's ``AgentServer`` with the production options: our load function and
-    threshold, the drain timeout, the health port, metrics, and the journal flush."""
+    """The worker's ``AgentServer`` with the production options, all from ``settings``: the
+    LiveKit URL, key and secret, log level, our load function and threshold, the drain timeout,
+    metrics, the health endpoint and the journal flush.
+
+    ``health`` serves HEALTH_PORT (see :mod:`agent.readiness`); LiveKit's own health server
+    then listens on a port the OS picks. ``metrics=False`` (the console) binds no metrics port.
+    """
     options: dict[str, Any] = {
+        "ws_url": settings.livekit_url,
+        "api_key": settings.secret("livekit_api_key"),
+        "api_secret": settings.secret("livekit_api_secret"),
+        "log_level": settings.livekit_log_level,
         "setup_fnc": setup_fnc,
         "load_fnc": WorkerLoad(settings.data_dir),
         "load_threshold": settings.load_threshold,
         "drain_timeout": settings.drain_timeout,
-        "port": health_port,
+        "port": 0,
     }
-    if settings.metrics_port is not None:
+    if metrics and settings.metrics_port is not None:
         # Every job process writes its series there; the worker's /metrics aggregates them.
         options["prometheus_port"] = settings.metrics_port
         options["prometheus_multiproc_dir"] = str(Path(settings.data_dir) / "prometheus")
-    return DrainingServer(journal=journal or JournalFlush(settings), settings=settings, **options)
+    return DrainingServer(
+        journal=journal or JournalFlush(settings), settings=settings, health=health, **options
+    )

@@ -10,6 +10,7 @@ two kinds. Either way one event reads the same as LiveKit's own lines beside it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Literal
 
@@ -19,8 +20,35 @@ LogFormat = Literal["auto", "json", "console"]
 _HANDLER_NAME = "never-silent"
 
 
+class LiveKitNoise(logging.Filter):
+    """Two of LiveKit's lines that tell a new user nothing they can act on.
+
+    * ``LIVEKIT_INFERENCE_URL is set but ... missing``: ``AgentSession`` builds its default
+      cloud turn detector even when the session is given its own (``agent.worker`` gives the
+      local one when there are no LiveKit credentials); the warning is about a detector that is
+      thrown away, and names a variable the user never set. Kept when the user did set it.
+    * ``event loop blocked``: in ``dev`` and ``console`` (readable logs) the line stays and the
+      sampled stack, a dozen frames printed under it, goes; JSON logs keep it for operators.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        if message.startswith("LIVEKIT_INFERENCE_URL is set but"):
+            return "LIVEKIT_INFERENCE_URL" in os.environ
+        if message.startswith("event loop blocked") and os.environ.get("LIVEKIT_DEV_MODE"):
+            record.__dict__.pop("stack", None)
+        return True
+
+
+def quiet_livekit_noise() -> None:
+    livekit = logging.getLogger("livekit.agents")
+    if not any(isinstance(f, LiveKitNoise) for f in livekit.filters):
+        livekit.addFilter(LiveKitNoise())
+
+
 def configure_structlog() -> None:
     """Route structlog to stdlib logging; idempotent, safe in every job process."""
+    quiet_livekit_noise()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

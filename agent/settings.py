@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -176,6 +177,24 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        level = v.strip().upper()
+        return "WARNING" if level == "WARN" else level
+
+    @property
+    def livekit_log_level(self) -> str:
+        """LOG_LEVEL as LiveKit's CLI spells it (it knows WARN, not WARNING)."""
+        return "WARN" if self.log_level == "WARNING" else self.log_level
+
+    @field_validator("log_format", "budget_period", mode="before")
+    @classmethod
+    def _lower_choice(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
     @field_validator("stt_providers", mode="before")
     @classmethod
     def _stt(cls, v: Any) -> list[str]:
@@ -222,9 +241,21 @@ class Settings(BaseSettings):
     @field_validator("livekit_url")
     @classmethod
     def _livekit_url(cls, v: str | None) -> str | None:
-        if v and not v.startswith(("ws://", "wss://", "http://", "https://")):
+        if not v:
+            return None
+        v = v.strip()
+        if not v.startswith(("ws://", "wss://", "http://", "https://")):
             raise ValueError("must start with wss:// (or ws:// for a local server)")
-        return v or None
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+        except ValueError:
+            raise ValueError(
+                "is not a valid URL; write it as wss://your-project.livekit.cloud"
+            ) from None
+        if not parts.hostname or " " in v:
+            raise ValueError("names no host; write it as wss://your-project.livekit.cloud")
+        return v
 
     @field_validator("redis_url")
     @classmethod
@@ -346,7 +377,9 @@ def _describe(error: dict[str, Any]) -> str:
         msg = f"is not a valid URL ({msg}); give a full URL such as https://host.example/path"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         msg = f"is out of range: {msg.lower()}"
-    elif kind in ("float_parsing", "int_parsing", "bool_parsing"):
+    elif kind == "bool_parsing":
+        msg = "is not a boolean: write true or false"
+    elif kind in ("float_parsing", "int_parsing"):
         msg = f"is not a number: {msg.lower()}"
     elif kind == "literal_error":
         msg = f"is not allowed: {msg.lower()}"

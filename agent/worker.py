@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess
+from livekit.agents import AgentSession, JobContext, JobProcess, TurnHandlingOptions, inference
 
 # LiveKit plugins register themselves on import and refuse to do so off the main thread (the
 # console runs jobs in a thread): import every plugin the catalog may build here, at start-up.
@@ -25,7 +25,9 @@ from livekit.plugins import (  # noqa: F401
 )
 
 from agent.call import CallRuntime, build_call_runtime
+from agent.drain import DrainingServer, production_server
 from agent.logs import configure_structlog
+from agent.readiness import HealthEndpoint
 from agent.responder.lead import LeadSink
 from agent.settings import Settings, load_settings
 from plugins.resilience.types import GuardObserver
@@ -41,6 +43,14 @@ def prewarm(proc: JobProcess) -> None:
 
     proc.userdata["vad"] = silero.VAD.load()
     prewarm_local_providers(providers_in_chains(settings))
+    # What a call imports on its first turn would block that call's loop (e-mail validation
+    # for leads, the journal, the CRM tools): import it now, before a caller is waiting.
+    import agent.call_crm
+    import agent.crm.leads
+    import agent.crm.tools
+    import agent.journal.recorder
+    import agent.sales_agent  # noqa: F401
+
     proc.userdata["settings"] = settings
 
 
@@ -72,8 +82,26 @@ async def build_session(
         tts=runtime.tts,
         vad=vad,
         userdata={"call_id": call_id},
+        turn_handling=turn_handling(settings),
     )
     return session, runtime
+
+
+def turn_handling(settings: Settings) -> TurnHandlingOptions:
+    """LiveKit's own turn handling, kept local when LiveKit's inference service is out of reach.
+
+    In ``dev`` and ``console`` LiveKit picks its cloud end-of-turn model and adaptive
+    interruption detector, which need the LiveKit key and secret; without them it warns
+    about settings the user never set and falls back anyway. With no LiveKit credentials the
+    session asks for what that fallback would give (the local end-of-turn model, interruption by
+    voice activity) in the first place.
+    """
+    if settings.secret("livekit_api_key") and settings.secret("livekit_api_secret"):
+        return {}
+    return {
+        "turn_detection": inference.TurnDetector(version="v1-mini"),
+        "interruption": {"mode": "vad"},
+    }
 
 
 # -- begin: production server (issue 7, production helper) ----------------------------------
@@ -83,6 +111,7 @@ async def build_session(
 # threshold, drain timeout, health port, journal flush on shutdown) from agent/drain.py.
 async def entrypoint(ctx: JobContext) -> None:
     from agent.call_crm import CallCrm
+    from agent.console_view import show_greeting_in_text_console
     from agent.load import JobLoadReporter
     from agent.sales_agent import GREETING, SalesAgent
 
@@ -113,6 +142,7 @@ async def entrypoint(ctx: JobContext) -> None:
         await runtime.aclose()
 
     ctx.add_shutdown_callback(_end_call)
+    show_greeting_in_text_console(session)
     await session.start(
         agent=SalesAgent(
             greeting=GREETING,
@@ -129,10 +159,10 @@ async def entrypoint(ctx: JobContext) -> None:
             crm.tools.start_caller_lookup(phone)
 
 
-def create_server(settings: Settings) -> AgentServer:
-    from agent.drain import production_server
-
-    server = production_server(settings, setup_fnc=prewarm, health_port=settings.health_port)
+def create_server(
+    settings: Settings, *, health: HealthEndpoint | None = None, metrics: bool = True
+) -> DrainingServer:
+    server = production_server(settings, setup_fnc=prewarm, health=health, metrics=metrics)
     server.rtc_session(entrypoint, agent_name=settings.agent_name)
     return server
 

@@ -75,6 +75,7 @@ def worker_env(
             "LIVEKIT_URL": dispatch_url,
             "LIVEKIT_API_KEY": API_KEY,
             "LIVEKIT_API_SECRET": API_SECRET,
+            "ENCRYPTION_KEY": ENCRYPTION_KEY,  # `start` refuses to run without one
             "DATA_DIR": str(data_dir),
             "HEALTH_PORT": "0",
             "LOG_FORMAT": "json",

@@ -18,9 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from livekit.agents import JobContext, cli
+from livekit.agents import JobContext
 
-from agent.drain import production_server
+from agent.drain import DrainingServer, production_server
+from agent.launch import run_worker_command
+from agent.readiness import HealthEndpoint
 from agent.settings import Settings, load_settings
 from agent.worker import build_session, prewarm
 
@@ -69,12 +71,18 @@ async def phone_call(ctx: JobContext) -> None:
         ctx.shutdown(reason="call ended")
 
 
-def main() -> None:
-    settings = load_settings()
-    server = production_server(settings, setup_fnc=prewarm, health_port=settings.health_port)
+def phone_server(
+    settings: Settings, *, health: HealthEndpoint | None, metrics: bool
+) -> DrainingServer:
+    server = production_server(settings, setup_fnc=prewarm, health=health, metrics=metrics)
     server.rtc_session(phone_call, agent_name=settings.agent_name)
-    cli.run_app(server)
+    return server
+
+
+def main() -> int:
+    """Started like ``python -m agent start``: the same start-up checks and exit codes."""
+    return run_worker_command("start", sys.argv[2:], load_settings(), phone_server)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,11 +4,19 @@ HKDF-SHA256 with a random per-journal salt turns the 32-character setting into t
 so two journals under the same setting do not share a key. Every record's associated data
 names what it is (table and row identity), so a ciphertext moved to another row fails to
 decrypt instead of being read as something else.
+
+Where no ``ENCRYPTION_KEY`` is set, ``console`` and ``dev`` keep leads anyway: they create a key
+file in ``DATA_DIR`` (:func:`ensure_key_file`, owner-only permissions) and every command that
+runs on that data directory reads it (:func:`read_key_file`). ``start`` never creates one: a
+production worker whose key lives only beside the journal it protects would lose both at once.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import stat
+from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -42,6 +50,71 @@ def check_key(key: str | None) -> bytes:
     return key.encode("utf-8")
 
 
+KEY_FILE_NAME = "encryption.key"
+
+
+def key_file(data_dir: str | Path) -> Path:
+    return Path(data_dir) / KEY_FILE_NAME
+
+
+def read_key_file(data_dir: str | Path) -> str | None:
+    """The key kept in ``DATA_DIR/encryption.key``, or None when there is no such file.
+
+    Raises :class:`JournalKeyError` for a file that is unreadable, malformed, or readable by
+    other users (a key anyone on the machine can read protects nothing)."""
+    path = key_file(data_dir)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise JournalKeyError(
+            f"cannot read the key file {path} ({e.strerror}); fix its permissions or set "
+            "ENCRYPTION_KEY"
+        ) from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise JournalKeyError(
+            f"the key file {path} is readable by other users; run chmod 600 {path}"
+        )
+    if len(text) != KEY_CHARS:
+        raise JournalKeyError(
+            f"the key file {path} does not hold a {KEY_CHARS}-character key; restore it, or "
+            "set ENCRYPTION_KEY"
+        )
+    return text
+
+
+def ensure_key_file(data_dir: str | Path) -> tuple[str, bool]:
+    """The key in ``DATA_DIR/encryption.key``, creating it (mode 0600) if missing.
+
+    Returns ``(key, created)``. Creation is exclusive, so two processes starting at once on
+    one data directory end up with the same key."""
+    existing = read_key_file(data_dir)
+    if existing is not None:
+        return existing, False
+    path = key_file(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(KEY_CHARS // 2)
+    # Written whole under a private name, then linked into place: a reader never sees a
+    # half-written key, and of two racing creators exactly one link succeeds.
+    tmp = path.with_name(f".{KEY_FILE_NAME}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(key + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        again = read_key_file(data_dir)
+        assert again is not None
+        return again, False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return key, True
+
+
 def new_salt() -> bytes:
     return os.urandom(SALT_BYTES)
 
@@ -66,10 +139,14 @@ class RecordCipher:
 
 __all__ = [
     "KEY_CHARS",
+    "KEY_FILE_NAME",
     "InvalidTag",
     "JournalCorruptError",
     "JournalKeyError",
     "RecordCipher",
     "check_key",
+    "ensure_key_file",
+    "key_file",
     "new_salt",
+    "read_key_file",
 ]
