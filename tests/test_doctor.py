@@ -20,6 +20,13 @@ from plugins.sim.openai_sim import OpenAISimulator
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_KEY = "sim-key-0123456789"
+# What `start` needs besides providers: doctor reports each missing one as a problem.
+WORKER = {
+    "LIVEKIT_URL": "wss://example.livekit.cloud",
+    "LIVEKIT_API_KEY": "sim-livekit-key",
+    "LIVEKIT_API_SECRET": "sim-livekit-secret-0123456789",
+    "ENCRYPTION_KEY": "0123456789abcdef0123456789abcdef",
+}
 
 
 @pytest.fixture
@@ -67,7 +74,7 @@ async def test_doctor_reports_each_provider(sims: dict[str, object], tmp_path: P
         "ELEVENLABS_API_KEY": GOOD_KEY, "ELEVENLABS_BASE_URL": url["elevenlabs"],
         "DEEPGRAM_API_KEY": GOOD_KEY, "DEEPGRAM_BASE_URL": url["deepgram"],
         "GHL_API_KEY": GOOD_KEY, "GHL_BASE_URL": url["ghl"], "GHL_LOCATION_ID": "sim-location",
-        "ENCRYPTION_KEY": "0123456789abcdef0123456789abcdef",
+        **WORKER,
     }  # fmt: skip
     code, out = await _doctor(env, tmp_path)
     lines = {line.split()[1]: line for line in out.splitlines() if line[:3] in ("ok ", "BAD")}
@@ -87,7 +94,9 @@ async def test_doctor_reports_each_provider(sims: dict[str, object], tmp_path: P
 
 async def test_doctor_all_good_exits_zero(sims: dict[str, object], tmp_path: Path) -> None:
     url = sims["openai"].base_url  # type: ignore[attr-defined]
-    code, out = await _doctor({"OPENAI_API_KEY": GOOD_KEY, "OPENAI_BASE_URL": url}, tmp_path)
+    code, out = await _doctor(
+        {"OPENAI_API_KEY": GOOD_KEY, "OPENAI_BASE_URL": url, **WORKER}, tmp_path
+    )
     assert code == 0, out
     assert out.strip().endswith("All good.")
     assert "skipped: no key set" in out  # the others are simply not configured

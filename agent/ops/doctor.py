@@ -3,8 +3,9 @@
 Settings were already validated on the way in (a bad value never gets here). Doctor then asks
 each provider's account API, with the configured key and base URL, whether the key is accepted
 and how much credit is left, and checks what can be checked offline (the Google credentials
-file, the journal key, the LiveKit triple). One line per provider; one line per problem, naming
-what to do; exit 1 if there is any problem. Keys are only ever shown masked.
+file, and what the worker itself needs to start: the LiveKit settings, a usable DATA_DIR and
+the journal key, with the very checks ``start`` runs). One line per provider; one line per
+problem, naming what to do; exit 1 if there is any problem. Keys are only ever shown masked.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import aiohttp
 
+from agent.journal.crypto import JournalKeyError, key_file, read_key_file
 from agent.settings import Settings
+from agent.startup import StartupError, check_data_dir, check_livekit
 from plugins.observability.credit import CreditReport, check_credit, mask
 from plugins.spec import LOCAL_PROVIDERS, ProviderSpec
 
@@ -106,30 +109,54 @@ async def _check_spec(
     return Finding(spec.key, True, f"{mask(spec.api_key)}: {_credit_text(report)}")
 
 
+def worker_findings(settings: Settings) -> list[Finding]:
+    """What ``start`` needs besides providers, judged by the checks ``start`` itself runs."""
+    findings = []
+    try:
+        check_livekit(settings)
+        key = settings.secret("livekit_api_key") or ""
+        findings.append(Finding("livekit", True, f"{settings.livekit_url} with key {mask(key)}"))
+    except StartupError as e:
+        findings.append(Finding("livekit", False, f"{e} (`console` runs without LiveKit)"))
+    try:
+        check_data_dir(Path(settings.data_dir))
+        findings.append(Finding("data_dir", True, f"{settings.data_dir} is writable"))
+    except StartupError as e:
+        findings.append(Finding("data_dir", False, str(e)))
+    findings.append(_journal_key(settings))
+    return findings
+
+
+def _journal_key(settings: Settings) -> Finding:
+    if settings.secret("encryption_key"):
+        return Finding("journal", True, "ENCRYPTION_KEY set: leads and transcripts are kept")
+    try:
+        in_file = read_key_file(settings.data_dir)
+    except JournalKeyError as e:
+        return Finding("journal", False, str(e))
+    if in_file is not None:
+        return Finding(
+            "journal",
+            True,
+            f"key file {key_file(settings.data_dir)} in use (made by console/dev); in "
+            "production set ENCRYPTION_KEY, kept apart from DATA_DIR",
+        )
+    return Finding(
+        "journal",
+        False,
+        "ENCRYPTION_KEY is not set: `start` refuses to run, since leads and transcripts could "
+        "not be kept; set 32 characters (python -c 'import secrets; "
+        "print(secrets.token_hex(16))')",
+    )
+
+
 async def diagnose(settings: Settings) -> list[Finding]:
     specs = [s for slot in ("stt", "llm", "tts") for s in settings.provider_specs(slot)]  # type: ignore[arg-type]
     async with aiohttp.ClientSession() as http:
         findings = list(await asyncio.gather(*(_check_spec(s, settings, http) for s in specs)))
         if settings.secret("ghl_api_key"):
             findings.append(await _check_ghl(settings, http))
-            if settings.encryption_key is None:
-                findings.append(
-                    Finding(
-                        "journal",
-                        False,
-                        "ENCRYPTION_KEY is not set: transcripts cannot be journaled for the CRM; "
-                        "set 32 characters",
-                    )
-                )
-    lk = [settings.livekit_url, settings.livekit_api_key, settings.livekit_api_secret]
-    if any(lk) and not all(lk):
-        findings.append(
-            Finding(
-                "livekit",
-                False,
-                "LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET must be set together",
-            )
-        )
+    findings.extend(worker_findings(settings))
     return findings
 
 
