@@ -11,6 +11,8 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 
 FROM base AS build
+# No uv cache: HOME is /app, and everything under /app is copied into the runtime image.
+ENV UV_NO_CACHE=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc g++ python3-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -32,6 +34,6 @@ COPY --from=build --chown=appuser:appuser /app /app
 USER appuser
 ENV PATH="/app/.venv/bin:$PATH" \
     DATA_DIR=/app/data
-# 8081: LiveKit's health endpoint; 9100: Prometheus metrics when METRICS_PORT=9100.
+# 8081: health (/ liveness, /ready readiness); 9100: Prometheus metrics when METRICS_PORT=9100.
 EXPOSE 8081 9100
 CMD ["python", "-m", "agent", "start"]

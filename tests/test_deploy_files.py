@@ -66,15 +66,16 @@ def test_kubernetes_grace_period_covers_the_drain_and_the_journal_flush() -> Non
     assert spec["terminationGracePeriodSeconds"] >= drain + FLUSH_TIMEOUT_S
 
 
-def test_kubernetes_probes_use_livekits_health_endpoint() -> None:
+def test_kubernetes_probes_use_the_health_endpoint() -> None:
+    """Readiness is /ready (registered with LiveKit, not draining); liveness is LiveKit's /."""
     [container] = _worker_workload()["spec"]["template"]["spec"]["containers"]
     ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
     health_port = int(_env(container).get("HEALTH_PORT", {}).get("value", LIVEKIT_HEALTH_PORT))
-    for probe in ("readinessProbe", "livenessProbe"):
+    for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/")):
         http = container[probe]["httpGet"]
         port = ports.get(http["port"], http["port"])  # a named port or a number
         assert port == health_port, probe
-        assert http["path"] == "/"
+        assert http["path"] == path, probe
 
 
 def test_kubernetes_prometheus_annotations_match_the_metrics_port() -> None:
@@ -99,6 +100,9 @@ def test_kubernetes_secrets_come_only_from_a_secret() -> None:
             assert "value" not in entry, f"{name} is written into the manifest"
     for secret in secrets.values():  # the example ships no real credential
         assert all(not v for v in secret.get("stringData", {}).values())
+    # Everything the CRM needs comes from the Secret, not just the token.
+    [keys] = [set(s.get("stringData", {})) for s in secrets.values()]
+    assert {"GHL_API_KEY", "GHL_LOCATION_ID", "ENCRYPTION_KEY", "LIVEKIT_URL"} <= keys
 
 
 def test_kubernetes_runs_as_the_images_non_root_user() -> None:
@@ -124,7 +128,8 @@ def test_compose_pool_shares_redis_drains_and_keeps_secrets_in_the_env_file() ->
     assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
     drain = int(env.get("DRAIN_TIMEOUT", DEFAULT_DRAIN))
     assert _duration_s(worker["stop_grace_period"]) >= drain + FLUSH_TIMEOUT_S
-    assert "8081" in " ".join(worker["healthcheck"]["test"])
+    assert "8081/ready" in " ".join(worker["healthcheck"]["test"])  # healthy = takes calls
+    assert worker.get("restart") in ("on-failure", "always", "unless-stopped")
     assert "container_name" not in worker  # `--scale worker=N` needs no fixed name
 
 
@@ -186,3 +191,23 @@ def test_dockerfile_is_multi_stage_non_root_and_starts_the_worker() -> None:
     assert str(LIVEKIT_HEALTH_PORT) in exposes
     assert any("COPY --from=" in line for line in final)
     assert any("libportaudio2" in line for line in final)  # LiveKit's console needs it
+
+
+def test_no_uv_cache_reaches_the_runtime_image() -> None:
+    """HOME is /app and the runtime copies /app whole: the build stage must not cache there."""
+    [build] = [s for s in _dockerfile_stages() if s[0].split()[-1] == "build"]
+    text = " ".join(build)
+    assert "UV_NO_CACHE=1" in text or all(
+        "--no-cache" in line for line in build if " uv sync" in line or " uv run" in line
+    )
+    assert "COPY --from=build" in " ".join(_dockerfile_stages()[-1])
+
+
+def test_dockerignore_keeps_the_local_environment_out() -> None:
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".venv", ".tools", "data", ".env", ".git"} <= ignored
+    assert "!.env.example" in ignored
