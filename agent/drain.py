@@ -58,9 +58,20 @@ class JournalFlush:
 
     async def start(self) -> None:
         if not self.configured:
+            s = self._settings
+            missing = [
+                name.upper()
+                for name, value in (
+                    ("ghl_api_key", s.secret("ghl_api_key")),
+                    ("ghl_location_id", s.ghl_location_id),
+                    ("encryption_key", s.secret("encryption_key")),
+                )
+                if not value
+            ]
             log.info(
-                "journal delivery off: set GHL_API_KEY, GHL_LOCATION_ID and ENCRYPTION_KEY to "
-                "deliver transcripts and CRM writes"
+                "journal delivery to the CRM off: transcripts and leads stay in the journal "
+                f"until {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} set",
+                missing=missing,
             )
             return
         from agent.crm.ghl_client import GhlClient

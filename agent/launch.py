@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from agent.console_check import audio_console_problem
-from agent.logs import configure_structlog
+from agent.logs import configure_structlog, quiet_livekit_noise
 from agent.readiness import HealthEndpoint
 from agent.settings import Settings
 from agent.startup import StartupError, WorkerCommand, preflight
@@ -70,6 +70,7 @@ def run_worker_command(
     health = HealthEndpoint(ready.health_socket) if ready.health_socket else None
     server = make_server(ready.settings, health=health, metrics=command != "console")
     if command == "console":
+        quiet_livekit_noise(console=True)
         # The console's loop shares one process with the terminal UI and the local models: a
         # stall under LiveKit's 100 ms production threshold is nothing the user can act on.
         os.environ.setdefault("LIVEKIT_AGENTS_LOOP_BLOCK_WARN_MS", "500")

@@ -29,10 +29,18 @@ class LiveKitNoise(logging.Filter):
       thrown away, and names a variable the user never set. Kept when the user did set it.
     * ``event loop blocked``: in ``dev`` and ``console`` (readable logs) the line stays and the
       sampled stack, a dozen frames printed under it, goes; JSON logs keep it for operators.
+    * ``no warmed process available`` in the console, which starts its one call the moment the
+      worker starts, before any process could be warm: a warning on every console start.
     """
+
+    def __init__(self, *, console: bool = False) -> None:
+        super().__init__()
+        self.console = console
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.msg if isinstance(record.msg, str) else ""
+        if self.console and message.startswith("no warmed process available"):
+            return False
         if message.startswith("LIVEKIT_INFERENCE_URL is set but"):
             return "LIVEKIT_INFERENCE_URL" in os.environ
         if message.startswith("event loop blocked") and os.environ.get("LIVEKIT_DEV_MODE"):
@@ -40,10 +48,13 @@ class LiveKitNoise(logging.Filter):
         return True
 
 
-def quiet_livekit_noise() -> None:
+def quiet_livekit_noise(*, console: bool = False) -> None:
     livekit = logging.getLogger("livekit.agents")
-    if not any(isinstance(f, LiveKitNoise) for f in livekit.filters):
-        livekit.addFilter(LiveKitNoise())
+    for old in [f for f in livekit.filters if isinstance(f, LiveKitNoise)]:
+        if old.console or not console:
+            return
+        livekit.removeFilter(old)
+    livekit.addFilter(LiveKitNoise(console=console))
 
 
 def configure_structlog() -> None:
