@@ -13,6 +13,7 @@ from agent.crm.ghl_client import GhlClient
 from agent.crm.ghl_sim import GhlSimulator
 from agent.crm.leads import JournaledLeadSink
 from agent.crm.tools import CrmTools
+from agent.crm.validation import InvalidArgumentError
 from agent.journal.deliverer import OutboxDeliverer
 from agent.journal.store import JournalStore
 from agent.responder.lead import Lead
@@ -227,8 +228,13 @@ async def test_journaled_lead_sink(
         notes=["needs 5 seats"],
     )
     assert "saved" in await sink.save_lead(lead)
-    assert "phone number" in (await sink.save_lead(Lead(name="X", phone="999"))).lower()
+    with pytest.raises(InvalidArgumentError, match="phone number or an email"):
+        await sink.save_lead(Lead(name="X", phone="999"))  # nothing left to reach them by
+    # a number the CRM would refuse does not cost the lead: it is kept as a note
+    assert "saved" in await sink.save_lead(Lead(name="Y", phone="+15551234567", email="y@z.io"))
     assert await deliverer.drain(5)
+    [kept] = [c for c in sim.contacts.values() if c.get("email") == "y@z.io"]
+    assert "+15551234567" in sim.notes_for(kept["id"])[0]["body"]
     created = sim.find_by_phone("+442079460958")
     assert created is not None and "voice-lead" in created["tags"]
     [note] = sim.notes_for(created["id"])

@@ -1,8 +1,14 @@
-"""The free scripted sales responder: lead extraction, the dialogue, and the LiveKit LLM."""
+"""The free scripted sales responder: lead extraction, the dialogue, and the LiveKit LLM.
+
+A real caller's words come from speech recognition: lower case, no punctuation, numbers as
+words. The "real caller" section drives the script with such phrasings after the sales
+agent's own greeting (as a production call starts) and checks what it says and captures.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import re
 from pathlib import Path
@@ -29,6 +35,7 @@ from agent.responder.lead_extraction import (
 )
 from agent.responder.sales_responder import SalesResponder
 from agent.responder.sales_script import DEFAULT_FAQ_FILE, SalesScript
+from agent.sales_agent import GREETING
 from plugins.local.faq import load_faq
 from plugins.local.responder import Reply, Turn, messages_from_chat_ctx
 from plugins.local.scripted_llm import FALLBACK_LINE, ScriptedLLM
@@ -704,13 +711,6 @@ async def test_free_llm_carries_the_call_at_the_end_of_a_fallback_chain() -> Non
     assert len(sink.leads) == 1 and sink.leads[0].email == "sarah@example.com"
 
 
-def test_a_greeting_after_the_agent_opened_leads_into_the_call_back_offer() -> None:
-    script = SalesScript()
-    history = [("system", "rules"), ("assistant", script.reply([("system", "rules")]))]
-    history.append(("user", "hello"))
-    assert script.reply(history).startswith("I'd be happy to set up a call back")
-
-
 def test_a_correction_of_another_detail_is_not_taken_as_declining_the_question() -> None:
     script = SalesScript()
     _, history = _talk(
@@ -857,3 +857,241 @@ def test_a_bare_name_can_lead_a_longer_answer(text: str, expected: str) -> None:
 @pytest.mark.parametrize("text", ["whatever", "pardon", "can you repeat that", "what was that"])
 def test_asking_back_is_not_a_name(text: str) -> None:
     assert extract_all(text, expecting="name").name is None
+
+
+# --- a real caller ----------------------------------------------------------------------------
+
+OPENED: list[tuple[str, str]] = [("system", "You are a sales agent."), ("assistant", GREETING)]
+OFFER = (
+    "I can tell you what Acme Growth does and what it costs, or set up a meeting with one of "
+    "our specialists. What would you like to do?"
+)
+PRODUCT = "Acme Growth answers and follows up on your sales calls around the clock"
+PRICE = "Our plans start at forty nine dollars a month per seat"
+
+
+def _after(
+    history: list[tuple[str, str]], turns: list[str], script: SalesScript | None = None
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The agent's replies to ``turns`` said after ``history``, and the history after them."""
+    script = script or SalesScript()
+    history = list(history)
+    replies: list[str] = []
+    for said in turns:
+        history.append(("user", said))
+        answer = script.reply(history)
+        assert _SPEAKABLE.match(answer), f"not speakable: {answer!r}"
+        history.append(("assistant", answer))
+        replies.append(answer)
+    return replies, history
+
+
+@pytest.mark.parametrize("said", ["hi", "hello there", "hey", "good morning", "hi how are you"])
+def test_a_greeting_gets_what_the_agent_can_do_and_captures_nothing(said: str) -> None:
+    [reply], history = _after(OPENED, [said])
+    assert reply.endswith(OFFER)
+    assert ("doing well" in reply) == ("how are you" in said)
+    assert SalesScript().lead(history) == Lead()
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "what does your company sell",
+        "what do you guys do",
+        "so what exactly do you sell",
+        "tell me about your company",
+        "what kind of services do you offer",
+        "what's this about",
+        "what does your company do",
+    ],
+)
+def test_what_do_you_sell_in_its_common_phrasings(said: str) -> None:
+    [reply], history = _after(OPENED, [said])
+    assert reply.startswith(PRODUCT)
+    assert reply.endswith("May I have your name, please?")  # and the call moves on
+    assert SalesScript().lead(history).notes == ["asked about what do you do"]
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "how much is it",
+        "what does it cost",
+        "what are your prices",
+        "how much do you charge",
+        "is it expensive",
+    ],
+)
+def test_price_questions_get_the_price(said: str) -> None:
+    [reply], history = _after(OPENED, [said])
+    assert reply.startswith(PRICE)
+    assert SalesScript().lead(history).notes == ["asked about price"]
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "i'd like to book a meeting",
+        "can we schedule a call",
+        "i want to set up an appointment",
+        "can i talk to someone",
+        "could i speak to a specialist",
+    ],
+)
+def test_a_meeting_request_without_a_crm_collects_a_call_back(said: str) -> None:
+    replies, history = _after(
+        OPENED,
+        [
+            said,
+            "john smith",
+            "four one five two three nine eight eight one two",
+            "no",
+            "monday at ten",
+            "yes",
+        ],
+    )
+    assert replies[0] == (
+        "I'd be happy to set up a meeting with one of our specialists. May I have your name, please?"
+    )
+    assert replies[3] == "When's a good time for us to call you back?"
+    assert replies[5] == (
+        "Perfect, thank you John. One of our specialists will call you monday at ten to set up "
+        "the meeting. Is there anything else I can help with?"
+    )
+    assert SalesScript().lead(history) == Lead(
+        name="John Smith", phone="+14152398812", preferred_time="monday at ten"
+    )
+
+
+_TO_EMAIL = ["my name is john smith", "four one five two three nine eight eight one two"]
+
+
+@pytest.mark.parametrize(
+    ("said", "email", "spoken"),
+    [
+        ("john smith gmail dot com", "johnsmith@gmail.com", "johnsmith at gmail dot com"),
+        ("it's jane doe yahoo dot com", "janedoe@yahoo.com", "janedoe at yahoo dot com"),
+        (
+            "my email is bob hotmail dot co dot uk",
+            "bob@hotmail.co.uk",
+            "bob at hotmail dot co dot uk",
+        ),
+        (
+            "sarah dot connor outlook dot com",
+            "sarah.connor@outlook.com",
+            "sarah dot connor at outlook dot com",
+        ),
+    ],
+)
+def test_an_email_whose_at_was_dropped_is_confirmed_not_looped(
+    said: str, email: str, spoken: str
+) -> None:
+    replies, history = _after(OPENED, [*_TO_EMAIL, said, "yes"])
+    assert replies[1] == "Got it, thanks. And what's your email address?"
+    assert replies[2] == f"Just to check, is your email {spoken}?"
+    assert replies[3] == "Great, thanks. When's a good time for us to call you back?"
+    assert SalesScript().lead(history).email == email
+
+
+def test_a_refused_email_guess_is_asked_once_more_then_the_call_moves_on() -> None:
+    replies, history = _after(
+        OPENED,
+        [*_TO_EMAIL, "john smith gmail dot com", "no", "jon smith gmail dot com", "no", "mumble"],
+    )
+    assert replies[3].startswith("Sorry, I didn't get that. Could you say your email")
+    assert replies[4] == "Just to check, is your email jonsmith at gmail dot com?"
+    assert replies[5] == (  # heard wrong twice: the call moves on
+        "No problem, our specialist can sort that out with you. "
+        "When's a good time for us to call you back?"
+    )
+    assert SalesScript().lead(history).email is None
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "yes that's right",
+        "yeah that's correct",
+        "yep",
+        "correct",
+        "uh huh",
+        "that's right",
+        "yes it is",
+        "sounds good",
+    ],
+)
+def test_a_yes_after_the_read_back_confirms_the_lead(said: str) -> None:
+    script = SalesScript()
+    replies, history = _after(
+        OPENED,
+        [
+            "my name is sarah connor",
+            "four one five two three nine eight eight one two",
+            "sarah at example dot com",
+            "tomorrow afternoon",
+            said,
+        ],
+        script,
+    )
+    assert replies[3].endswith("Did I get that right?")
+    assert replies[4] == (
+        "Perfect, thank you Sarah. One of our specialists will call you back tomorrow afternoon. "
+        "Is there anything else I can help with?"
+    )
+    assert script.confirmed(history)
+    assert script.lead(history) == Lead(
+        name="Sarah Connor",
+        phone="+14152398812",
+        email="sarah@example.com",
+        preferred_time="tomorrow afternoon",
+    )
+
+
+def test_never_sorry_twice_a_detail_that_is_not_heard_twice_is_skipped() -> None:
+    replies, _ = _after(OPENED, ["i'd like a call back", "um", "uh"])
+    assert replies[1].startswith("Sorry, I didn't catch that.")
+    assert replies[2] == (
+        "No problem, our specialist can sort that out with you. What's the best phone number "
+        "to reach you?"
+    )
+    for earlier, later in itertools.pairwise(replies):
+        assert not (earlier.startswith("Sorry") and later.startswith("Sorry"))
+
+
+def test_never_sorry_twice_an_unclear_read_back_twice_keeps_the_details() -> None:
+    script = SalesScript()
+    replies, history = _after(
+        OPENED,
+        ["my name is sam", "no", "sam at example dot com", "no", "hmm", "what"],
+        script,
+    )
+    assert replies[3].startswith("Let me read that back") and replies[4].startswith("Sorry")
+    assert replies[5].startswith("No problem, I'll keep these details")
+    for earlier, later in itertools.pairwise(replies):
+        assert not (earlier.startswith("Sorry") and later.startswith("Sorry")), replies
+    assert script.confirmed(history)
+    assert script.lead(history).email == "sam@example.com"
+
+
+def test_a_six_turn_call_greeting_product_price_booking_dropped_at_confirmation() -> None:
+    script = SalesScript()
+    turns = [
+        "hi there",
+        "what does your company do",
+        "how much does it cost",
+        "i'd like to book a meeting my name is john smith",
+        "four one five two three nine eight eight one two and my email is john smith gmail dot com",
+        "yes",
+        "friday morning",
+        "yes that's right",
+    ]
+    replies, history = _after(OPENED, turns, script)
+    assert replies[0].endswith(OFFER)
+    assert replies[1].startswith(PRODUCT)
+    assert replies[2].startswith(PRICE)
+    assert replies[3].startswith("Thanks, John.")
+    assert replies[4].endswith("Just to check, is your email johnsmith at gmail dot com?")
+    assert replies[7].startswith("Perfect, thank you John.")
+    assert script.confirmed(history)
+    assert script.lead(history).email == "johnsmith@gmail.com"

@@ -87,19 +87,29 @@ class JournaledLeadSink:
         self.default_region = default_region
 
     async def save_lead(self, lead: Lead) -> str:
+        """Queue the lead; a phone number the CRM would refuse is kept as a note instead.
+
+        Raises :class:`InvalidArgumentError` (a ``ValueError``) when nothing usable is left to
+        reach the caller by: the caller's words are still in the journaled transcript.
+        """
         notes = list(lead.notes)
         if lead.preferred_time:
             notes.append(f"Preferred time (as the caller said it): {lead.preferred_time}")
-        try:
-            return queue_lead(
-                self.store,
-                self.call_id,
-                name=lead.name,
-                phone=lead.phone,
-                email=lead.email,
-                notes=notes,
-                default_region=self.default_region,
-                deliverer=self.deliverer,
-            )
-        except InvalidArgumentError as e:
-            return str(e)
+        phone = lead.phone
+        if phone:
+            try:
+                normalize_phone(phone, default_region=self.default_region)
+            except InvalidArgumentError:
+                log.warning("lead phone is not a valid number; kept as a note")
+                notes.append(f"Phone as the caller said it (not a valid number): {phone}")
+                phone = None
+        return queue_lead(
+            self.store,
+            self.call_id,
+            name=lead.name,
+            phone=phone,
+            email=lead.email,
+            notes=notes,
+            default_region=self.default_region,
+            deliverer=self.deliverer,
+        )

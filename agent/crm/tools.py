@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,19 @@ log = structlog.get_logger(__name__)
 
 CRM_DOWN = "The customer records are not reachable right now; carry on without them."
 MAX_SLOTS_SPOKEN = 6
+#: The tools' names as LiveKit offers them to an LLM (the free LLM's sales script calls them).
+LIST_FREE_SLOTS = "list_free_slots"
+BOOK_APPOINTMENT = "book_appointment"
+BOOKED = "Booked for "
+#: How a free slot appears in the tools' answers: "Monday, December 7 at 9:00 AM (start_time ...)".
+SLOT_IN_ANSWER = re.compile(
+    r"([A-Z][a-z]+, [A-Z][a-z]+ \d{1,2} at \d{1,2}:\d{2} [AP]M) \(start_time ([^)\s]+)\)"
+)
+
+
+def slots_in(answer: str) -> list[tuple[str, str]]:
+    """The (spoken time, start_time) pairs a tool answer lists, in order."""
+    return [(m.group(1), m.group(2)) for m in SLOT_IN_ANSWER.finditer(answer)]
 
 
 def say_time(t: datetime, tz: ZoneInfo) -> str:
@@ -419,4 +433,4 @@ class CrmTools(llm.Toolset):
             "booking",
             {"appointment_id": appt.id, "start": appt.start_time.isoformat()},
         )
-        return f"Booked for {when}."
+        return f"{BOOKED}{when}."

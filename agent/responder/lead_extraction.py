@@ -379,6 +379,28 @@ def extract_email(text: str) -> str | None:
     return found[0] if found else None
 
 
+def guess_email_without_at(text: str) -> str | None:
+    """An address whose "at" the recogniser dropped: "john smith gmail dot com".
+
+    Only worth trying when the agent has just asked for an email, and only as a guess to
+    read back for confirmation: the words before the domain are taken as the local part.
+    """
+    tokens = tokenize(text)
+    for start in range(1, len(tokens)):
+        domain = _domain_after(tokens, start)
+        if domain is None or domain[1] < len(tokens) - 1:
+            continue  # the address ends the utterance (allowing one trailing word)
+        local = _local_part_before(tokens, start)
+        if local is None:
+            continue
+        try:
+            address = validate_email(f"{local[0]}@{domain[0]}", check_deliverability=False)
+        except EmailNotValidError:
+            continue
+        return address.normalized.lower()
+    return None
+
+
 # --- preferred time -----------------------------------------------------------------------
 
 _DAYS = frozenset(

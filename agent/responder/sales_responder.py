@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import structlog
 
+from agent.crm.tools import BOOK_APPOINTMENT
 from agent.responder.lead import Lead, LeadSink
-from agent.responder.sales_script import SalesScript
-from plugins.local.responder import Message, Reply, Turn
+from agent.responder.sales_script import HistoryItem, SalesScript
+from plugins.local.responder import Reply, Turn
 
 log = structlog.get_logger(__name__)
 
 _MAX_REMEMBERED_CONVERSATIONS = 1024
+#: How long a booking waits for the confirmed lead to reach the journal (normally instant).
+BOOKING_WAIT_S = 2.0
 
 _LeadKey = tuple[str | None, str | None, str | None, str | None]
 
@@ -43,15 +47,25 @@ class SalesResponder:
         return [lead for _, lead in self._unsaved]
 
     async def respond(self, turn: Turn) -> Reply:
-        messages = turn.messages
-        reply = Reply(text=self.script.reply(messages))
+        history = turn.history()
+        reply = self.script.respond(history, turn.tool_names)
         self._retry_unsaved()
-        if self._sink is not None and messages and messages[-1][0] == "user":
+        if self._sink is not None and _ends_with_caller(history):
             try:
-                self._maybe_save(messages, turn.conversation_id)
+                self._maybe_save(history, turn.conversation_id)
             except Exception:
                 log.exception("free_llm_lead_check_failed")
+        if any(call.name == BOOK_APPOINTMENT for call in reply.tool_calls):
+            await self._lead_on_file()
         return reply
+
+    async def _lead_on_file(self) -> None:
+        """Booking finds the caller by the details just confirmed: let their save land first."""
+        if not self._save_tasks:
+            return
+        _done, pending = await asyncio.wait(list(self._save_tasks), timeout=BOOKING_WAIT_S)
+        if pending:
+            log.warning("free_llm_booking_before_lead_saved", pending=len(pending))
 
     async def aclose(self) -> None:
         """Wait for leads being saved, and give refused ones one last try."""
@@ -59,7 +73,7 @@ class SalesResponder:
         while self._save_tasks:
             await asyncio.gather(*list(self._save_tasks), return_exceptions=True)
 
-    def _maybe_save(self, messages: list[Message], conversation: str) -> None:
+    def _maybe_save(self, messages: Sequence[HistoryItem], conversation: str) -> None:
         # only the turn on which the caller says yes: a lead confirmed earlier (by this script
         # or by a cloud LLM whose CRM tools already saved it) is not saved again
         if not self.script.confirmed(messages) or self.script.confirmed(messages[:-1]):
@@ -87,6 +101,10 @@ class SalesResponder:
         fields = [f for f in ("name", "phone", "email", "preferred_time") if getattr(lead, f)]
         try:
             await self._sink.save_lead(lead)
+        except ValueError as exc:
+            # the details themselves are unusable: retrying cannot help, so say so loudly
+            log.error("free_llm_lead_unusable", reason=str(exc), fields=fields)
+            return
         except Exception as exc:
             # the lead stays here and is offered again; its contents never reach the log
             self._unsaved.append((conversation, lead))
@@ -105,3 +123,8 @@ class SalesResponder:
         pending, self._unsaved = self._unsaved, []
         for conversation, lead in pending:
             self._start_save(conversation, lead)
+
+
+def _ends_with_caller(history: Sequence[HistoryItem]) -> bool:
+    last = history[-1] if history else None
+    return isinstance(last, tuple) and last[0] == "user"

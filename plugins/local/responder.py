@@ -57,6 +57,21 @@ class Turn:
                 return item.id
         return ""
 
+    def history(self) -> list[Message | ToolResult]:
+        """The conversation in order: (role, text) messages and the answers tools gave."""
+        calls: dict[str, llm.FunctionCall] = {}
+        items: list[Message | ToolResult] = []
+        for item in self.chat_ctx.items:
+            if isinstance(item, llm.ChatMessage):
+                text = (item.text_content or "").strip()
+                if text:
+                    items.append(("system" if item.role == "developer" else item.role, text))
+            elif isinstance(item, llm.FunctionCall):
+                calls[item.call_id] = item
+            elif isinstance(item, llm.FunctionCallOutput):
+                items.append(_result(item, calls.get(item.call_id)))
+        return items
+
     def tool_results_since_last_user(self) -> list[ToolResult]:
         """Tool calls answered after the caller last spoke, oldest first."""
         calls: dict[str, llm.FunctionCall] = {}
@@ -68,15 +83,7 @@ class Turn:
             elif isinstance(item, llm.FunctionCall):
                 calls[item.call_id] = item
             elif isinstance(item, llm.FunctionCallOutput):
-                call = calls.get(item.call_id)
-                results.append(
-                    ToolResult(
-                        name=item.name,
-                        arguments=_arguments(call.arguments) if call else {},
-                        output=item.output,
-                        is_error=item.is_error,
-                    )
-                )
+                results.append(_result(item, calls.get(item.call_id)))
         return results
 
 
@@ -121,6 +128,15 @@ def messages_from_chat_ctx(chat_ctx: llm.ChatContext) -> list[Message]:
         role = "system" if item.role == "developer" else item.role
         messages.append((role, text))
     return messages
+
+
+def _result(output: llm.FunctionCallOutput, call: llm.FunctionCall | None) -> ToolResult:
+    return ToolResult(
+        name=output.name,
+        arguments=_arguments(call.arguments) if call else {},
+        output=output.output,
+        is_error=output.is_error,
+    )
 
 
 def _arguments(raw: str) -> dict[str, Any]:
