@@ -85,6 +85,19 @@ async def test_an_injected_responders_tool_call_runs_the_agents_tool_through_liv
     assert booker.closed  # the LLM owns its responder
 
 
+async def test_tool_calls_survive_the_chain_adapter(tmp_path: Path) -> None:
+    """The floor's tool calls reach LiveKit through the chain's fallback adapter too."""
+    store = SqliteHealthStore(tmp_path / "health.db")
+    chains = build_chains([], store, probes=False, responder=_Booker())
+    agent = _Shop()
+    async with AgentSession(llm=chains.llm) as session:
+        await session.start(agent)
+        await session.run(user_input="book me in")
+    await chains.aclose()
+    await store.aclose()
+    assert agent.booked == ["monday 10am"]
+
+
 async def test_the_chain_floor_speaks_the_injected_responder_or_the_faq_file(
     tmp_path: Path,
 ) -> None:

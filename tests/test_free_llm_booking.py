@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import pytest
-from livekit.agents import Agent, AgentSession, RunResult, llm
+from livekit.agents import AgentSession, RunResult, llm
 
 from agent.crm.ghl_client import GhlClient
 from agent.crm.ghl_sim import GhlSimulator
@@ -22,7 +22,7 @@ from agent.crm.tools import CrmTools, slots_in
 from agent.journal.deliverer import OutboxDeliverer
 from agent.journal.store import JournalStore
 from agent.responder.sales_responder import SalesResponder
-from agent.sales_agent import GREETING
+from agent.sales_agent import GREETING, SalesAgent
 from plugins.local.scripted_llm import ScriptedLLM
 
 pytest_plugins = ["ghl_fixtures"]
@@ -74,10 +74,8 @@ async def test_the_free_llm_offers_and_books_a_real_free_slot(
 ) -> None:
     responder = SalesResponder(sink=JournaledLeadSink(store, CALL_ID, deliverer=deliverer))
     scripted = ScriptedLLM(responder)
-    agent = Agent(instructions="You are a sales agent.", tools=[tools])
     async with AgentSession(llm=scripted) as session:
-        await session.start(agent)
-        session.history.add_message(role="assistant", content=GREETING)
+        await session.start(SalesAgent(greeting=GREETING, tools=[tools]))  # as the worker does
 
         asked = await _call(session, "hi can i book a meeting with someone")
         assert [name for name, _ in asked.calls] == ["list_free_slots"]
@@ -126,8 +124,7 @@ async def test_without_a_calendar_the_free_llm_takes_a_call_back_time(
     )
     scripted = ScriptedLLM(SalesResponder())
     async with AgentSession(llm=scripted) as session:
-        await session.start(Agent(instructions="You are a sales agent.", tools=[no_calendar]))
-        session.history.add_message(role="assistant", content=GREETING)
+        await session.start(SalesAgent(greeting=GREETING, tools=[no_calendar]))
         asked = await _call(session, "i'd like to schedule an appointment")
         assert [name for name, _ in asked.calls] == ["list_free_slots"]
         assert asked.last.startswith("I can't get to the calendar right now, so one of our")

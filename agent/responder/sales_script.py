@@ -30,13 +30,14 @@ from agent.responder.lead_extraction import (
     guess_email_without_at,
     tokenize,
 )
+from agent.sales_agent import COMPANY
 from plugins.local.faq import FaqBook, FaqEntry, find_phrase, has_phrase, load_faq
 from plugins.local.responder import Message, Reply, ToolResult
 
 HistoryItem = Message | ToolResult
 """A (role, text) message, or a CRM tool's answer (what LiveKit puts in the chat context)."""
 
-DEFAULT_COMPANY = "Acme Growth"  # the sales agent's default, so a failover keeps the name
+DEFAULT_COMPANY = COMPANY  # the sales agent's own, so a failover keeps the name
 DEFAULT_AGENT_NAME = "Alex"
 DEFAULT_FAQ_FILE = Path(__file__).with_name("faq.toml")
 
