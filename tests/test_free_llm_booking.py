@@ -18,11 +18,14 @@ from livekit.agents import AgentSession, RunResult, llm
 from agent.crm.ghl_client import GhlClient
 from agent.crm.ghl_sim import GhlSimulator
 from agent.crm.leads import JournaledLeadSink
-from agent.crm.tools import CrmTools, slots_in
+from agent.crm.tools import BOOK_APPOINTMENT, LIST_FREE_SLOTS, CrmTools, slots_in
 from agent.journal.deliverer import OutboxDeliverer
 from agent.journal.store import JournalStore
+from agent.responder.booking import Slot, pick_slot
 from agent.responder.sales_responder import SalesResponder
+from agent.responder.sales_script import HistoryItem, SalesScript
 from agent.sales_agent import GREETING, SalesAgent
+from plugins.local.responder import ToolResult
 from plugins.local.scripted_llm import ScriptedLLM
 
 pytest_plugins = ["ghl_fixtures"]
@@ -136,3 +139,62 @@ async def test_without_a_calendar_the_free_llm_takes_a_call_back_time(
         assert later[-1].calls == []
         assert later[-1].last.endswith("When's a good time for us to call you back?")
     await scripted.aclose()
+
+
+# --- choosing among offered times, as a recogniser writes the answer -----------------------
+
+OFFERED = [
+    Slot("Monday, December 7 at 9:00 AM", "2026-12-07T09:00:00-05:00"),
+    Slot("Monday, December 7 at 9:30 AM", "2026-12-07T09:30:00-05:00"),
+    Slot("Tuesday, December 8 at 2:00 PM", "2026-12-08T14:00:00-05:00"),
+]
+
+
+@pytest.mark.parametrize(
+    ("said", "index"),
+    [
+        ("the first one", 0),
+        ("second please", 1),
+        ("the last one", 2),
+        ("nine thirty", 1),
+        ("tuesday", 2),
+        ("the afternoon one", 2),
+        ("two pm works", 2),
+        ("monday at nine", None),  # two Monday slots start at nine-something: ambiguous
+        ("nine", None),
+        ("wednesday", None),
+        ("sounds good", None),
+    ],
+)
+def test_the_caller_picks_an_offered_time(said: str, index: int | None) -> None:
+    words = said.split()
+    expected = None if index is None else OFFERED[index]
+    assert pick_slot(words, OFFERED, agreed=False) == expected
+
+
+def test_a_yes_takes_the_only_offered_time_and_not_one_of_several() -> None:
+    assert pick_slot(["yes", "that", "works"], OFFERED[:1], agreed=True) == OFFERED[0]
+    assert pick_slot(["yes", "that", "works"], OFFERED, agreed=True) is None
+
+
+def test_a_time_not_understood_twice_falls_back_to_a_call_back() -> None:
+    script = SalesScript()
+    tools = {LIST_FREE_SLOTS, BOOK_APPOINTMENT}
+    history: list[HistoryItem] = [("assistant", GREETING), ("user", "can i book a demo")]
+    first = script.respond(history, tools)
+    assert [c.name for c in first.tool_calls] == [LIST_FREE_SLOTS]
+    history += [("assistant", first.text), ToolResult(LIST_FREE_SLOTS, {}, _LISTING)]
+    offer = script.respond(history, tools)
+    assert offer.text.startswith("I have Monday, December 7 at 9:00 AM")
+    history += [("assistant", offer.text), ("user", "hmm whichever")]
+    again = script.respond(history, tools)
+    assert again.text.startswith("Sorry, which of those times works for you?")
+    history += [("assistant", again.text), ("user", "i don't know")]
+    moved_on = script.respond(history, tools)
+    assert not moved_on.text.startswith("Sorry") and not moved_on.tool_calls
+    assert moved_on.text.endswith("May I have your name, please?")
+
+
+_LISTING = "Free times in America/New_York: " + "; ".join(
+    f"{s.spoken} (start_time {s.start_time})" for s in OFFERED
+)

@@ -55,6 +55,8 @@ _MINUTES = {"fifteen": 15, "thirty": 30, "half": 30, "forty": 45, "o'clock": 0, 
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _MORNING = frozenset({"morning", "am", "a.m"})
 _AFTERNOON = frozenset({"afternoon", "evening", "pm", "p.m", "noon"})
+_AT = frozenset({"at", "around", "about", "by"})
+_HALVES = frozenset({"am", "pm"})
 _SPOKEN = re.compile(r"^([A-Za-z]+), [A-Za-z]+ \d+ at (\d{1,2}):(\d{2}) ([AP]M)$")
 
 
@@ -116,8 +118,11 @@ def _heard_time(words: Sequence[str]) -> _Heard:
         value = _hour(word)
         if value is None:
             continue
-        hour, minute = value
         nxt = words[i + 1] if i + 1 < len(words) else ""
+        prev = words[i - 1] if i else ""
+        if word == "one" and prev not in _AT and nxt not in _MINUTES and nxt not in _HALVES:
+            continue  # "the afternoon one", "that one": a pointer, not one o'clock
+        hour, minute = value
         if minute is None and nxt in _MINUTES:
             minute = _MINUTES[nxt]
         break
