@@ -159,7 +159,7 @@ def _invalid_key_body() -> dict[str, Any]:
 
 
 def gemini_messages(body: Mapping[str, Any]) -> list[Message]:
-    """A generateContent request as the (role, text) history the sales script reads."""
+    """A generateContent request as the (role, text) history the reply function reads."""
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         raise ValueError("* GenerateContentRequest.contents: contents is not specified")

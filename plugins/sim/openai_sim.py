@@ -195,7 +195,7 @@ def _content_text(content: Any) -> str:
 
 
 def chat_messages(raw: Any) -> list[Message]:
-    """OpenAI chat messages as the (role, text) history the sales script reads."""
+    """OpenAI chat messages as the (role, text) history the reply function reads."""
     if not isinstance(raw, list) or not raw:
         raise ValueError("'messages' must be a non-empty array")
     out: list[Message] = []
