@@ -19,8 +19,8 @@ import structlog
 from livekit.agents import llm, stt, tts
 
 from plugins.local.responder import Responder
-from plugins.resilience.errors import ResponseTap
 from plugins.resilience.guard import UNIT_LLM, UNIT_STT, UNIT_TTS
+from plugins.resilience.response_tap import ResponseTap
 from plugins.spec import FLOOR_PROVIDER, KNOWN_PROVIDERS, ProviderSpec, Slot
 
 Plugin = stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any]

@@ -31,13 +31,13 @@ from plugins.catalog import (
 from plugins.local.responder import Responder
 from plugins.resilience.breaker import key_fingerprint
 from plugins.resilience.deadlines import DEFAULT_DEADLINES, AdaptiveDeadline, DeadlineSettings
-from plugins.resilience.errors import ResponseTap
 from plugins.resilience.guard import Guard
 from plugins.resilience.guard_llm import GuardedLLM
 from plugins.resilience.guard_stt import GuardedSTT
 from plugins.resilience.guard_tts import GuardedTTS
 from plugins.resilience.midstream_llm import ContinuingLLMAdapter
 from plugins.resilience.probes import Prober
+from plugins.resilience.response_tap import ResponseTap
 from plugins.resilience.stt_replay import ReplaySTTAdapter
 from plugins.resilience.tts_resume import ResumingTTSAdapter
 from plugins.resilience.types import GuardObserver, HealthStore

@@ -13,18 +13,17 @@ from google.genai import errors as genai_errors
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from plugins.resilience.classify import classify
 from plugins.resilience.deadlines import AdaptiveDeadline, DeadlineSettings
-from plugins.resilience.errors import (
+from plugins.resilience.failures import (
     ClassifiedError,
     DeadlineExceededError,
     EmptyResultError,
-    ResponseTap,
-    TappedResponse,
     TruncatedError,
-    classify,
-    retry_after_from_headers,
-    scrub,
 )
+from plugins.resilience.response_tap import ResponseTap, TappedResponse
+from plugins.resilience.retry_after import retry_after_from_headers
+from plugins.resilience.scrub import scrub
 from plugins.resilience.types import Failure, FailureKind
 
 K = FailureKind

@@ -10,10 +10,11 @@ from livekit.agents import utils
 
 from plugins.catalog import CATALOG, BuildContext
 from plugins.resilience.deadlines import DEFAULT_DEADLINES, AdaptiveDeadline
-from plugins.resilience.errors import ClassifiedError, ResponseTap
+from plugins.resilience.failures import ClassifiedError
 from plugins.resilience.guard import Guard
 from plugins.resilience.guard_llm import GuardedLLM
 from plugins.resilience.guard_tts import GuardedTTS
+from plugins.resilience.response_tap import ResponseTap
 from plugins.resilience.store import DocumentStore
 from plugins.resilience.types import FailureKind
 from plugins.sim.elevenlabs_sim import ElevenLabsSimulator

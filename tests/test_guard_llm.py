@@ -11,7 +11,7 @@ from livekit.plugins import openai
 from plugins.chain import Chains, build_chains
 from plugins.local.scripted_llm import ScriptedLLM
 from plugins.resilience.deadlines import AdaptiveDeadline, DeadlineSettings
-from plugins.resilience.errors import ClassifiedError
+from plugins.resilience.failures import ClassifiedError
 from plugins.resilience.guard import Guard
 from plugins.resilience.guard_llm import GuardedLLM
 from plugins.resilience.store import DocumentStore

@@ -13,7 +13,7 @@ from livekit.plugins import cartesia
 from plugins.chain import Chains, build_chains
 from plugins.local.pcm_tts import EngineTTS
 from plugins.resilience.deadlines import AdaptiveDeadline, DeadlineSettings
-from plugins.resilience.errors import ClassifiedError, ProviderUnavailableError
+from plugins.resilience.failures import ClassifiedError, ProviderUnavailableError
 from plugins.resilience.guard import Guard
 from plugins.resilience.guard_tts import GuardedTTS
 from plugins.resilience.store import DocumentStore

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from plugins.resilience.breaker import BreakerConfig, key_fingerprint
+from plugins.resilience.scrub import scrub
 from plugins.resilience.store import (
     SQLITE_FILENAME,
     DocumentStore,
     HealthStoreError,
     StoreConfig,
     open_store,
-    scrub_message,
 )
 from plugins.resilience.store_redis import RedisHealthStore
 from plugins.resilience.store_sqlite import SqliteHealthStore
@@ -178,15 +178,15 @@ async def test_last_error_never_keeps_a_secret(backend: Backend) -> None:
     assert "\n" not in health.last_error and "401 invalid key" in health.last_error
 
 
-def test_scrub_message_keeps_ordinary_errors_readable() -> None:
+def test_the_scrubber_keeps_ordinary_errors_readable() -> None:
     text = "503 Service Unavailable: upstream overloaded, retry later"
-    assert scrub_message(text) == text
-    long = scrub_message("upstream said no " * 100, limit=50)
+    assert scrub(text) == text
+    long = scrub("upstream said no " * 100, limit=50)
     assert len(long) == 50 and long.endswith("…")
-    assert scrub_message("api_key=sim-key-123 rejected") == "[redacted] rejected"
-    assert "sim-tok" not in scrub_message('{"access_token": "sim-tok-1"}')
+    assert scrub("api_key=sim-key-123 rejected") == "api_key=[redacted] rejected"
+    assert "sim-tok" not in scrub('{"access_token": "sim-tok-1"}')
     readable = "invalid token count: maximum context length is 8192 tokens"
-    assert scrub_message(readable) == readable
+    assert scrub(readable) == readable
 
 
 async def test_usage_accumulates_per_unit_and_period(backend: Backend) -> None:

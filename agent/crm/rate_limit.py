@@ -9,12 +9,14 @@ starve a lookup. The server's own view wins: ``X-RateLimit-Remaining`` lowers ou
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
 
 import structlog
 
 from agent.crm.errors import GhlRateLimitedError
+from plugins.resilience.retry_after import bounded_wait, parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -110,25 +112,23 @@ class TokenBucket:
             self._tokens = scaled
         if remaining <= 0:
             interval_ms = _as_float(headers.get("X-RateLimit-Interval-Milliseconds"))
-            self.block_for((interval_ms or self.interval_s * 1000) / 1000.0)
+            wait = bounded_wait((interval_ms or self.interval_s * 1000) / 1000.0)
+            self.block_for(self.interval_s if wait is None else wait)
 
 
 def retry_after_from(headers: Mapping[str, str], *, default_s: float) -> float:
-    """Retry-After (seconds or HTTP date) if present, else GHL's interval, else ``default_s``."""
+    """Retry-After (seconds or HTTP date) if present, else GHL's interval, else ``default_s``.
+
+    Both go through the project's one Retry-After reader, so an absurd value is clamped.
+    """
     value = headers.get("Retry-After")
     if value:
-        seconds = _as_float(value)
+        seconds = parse_retry_after(value)
         if seconds is not None:
-            return max(0.0, seconds)
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            pass
+            return seconds
     interval_ms = _as_float(headers.get("X-RateLimit-Interval-Milliseconds"))
     if interval_ms is not None and interval_ms > 0:
-        return interval_ms / 1000.0
+        return bounded_wait(interval_ms / 1000.0) or default_s
     return default_s
 
 
@@ -136,6 +136,7 @@ def _as_float(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -36,7 +37,19 @@ def health_json(h: ProviderHealth) -> dict[str, Any]:
     item["last_failure"] = h.last_failure.value if h.last_failure else None
     item["success_rate"] = h.success_rate
     item["label"] = health_row(h).state
-    return item
+    finite: dict[str, Any] = _finite(item)
+    return finite
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite number as None: JSON has no ``Infinity``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def run(argv: list[str], settings: Settings) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from plugins.resilience.retry_after import bounded_reset_at
 from plugins.spec import ProviderSpec
 
 DEFAULT_BASE_URLS = {
@@ -143,7 +144,7 @@ async def _check_elevenlabs(
         remaining=max(limit - used, 0.0),
         limit=limit,
         unit="characters",
-        reset_at=float(reset) if reset else None,
+        reset_at=_reset_at(reset),
     )
     if report.exhausted:
         when = (
@@ -216,3 +217,12 @@ async def check_credit(
             key_ok=None,
             problem=f"{spec.name}: account API unreachable at {_base(spec)} ({type(e).__name__})",
         )
+
+
+def _reset_at(value: object) -> float | None:
+    """A provider-given reset time, only if it is a sane date (see ``retry_after``)."""
+    try:
+        epoch = float(str(value)) if value else None
+    except ValueError:
+        return None
+    return bounded_reset_at(epoch, now=time.time())

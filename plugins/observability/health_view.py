@@ -5,6 +5,7 @@ Shared by the per-call health log and ``status`` so both say the same thing the 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -12,7 +13,24 @@ from plugins.resilience.types import BreakerState, FailureKind, ProviderHealth
 
 
 def _clock_time(epoch: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(epoch))
+    """``12:00:03``, or the date too when it is not today; never raises on a stored value."""
+    try:
+        when = time.localtime(epoch)
+        today = time.localtime()
+    except (OverflowError, OSError, ValueError, TypeError):
+        return "an unreadable time"
+    if when[:3] == today[:3]:
+        return time.strftime("%H:%M:%S", when)
+    return time.strftime("%Y-%m-%d %H:%M:%S", when)
+
+
+def _number(value: object, spec: str) -> str | None:
+    """``value`` formatted with ``spec``; None when a stored value is not a finite number."""
+    try:
+        number = float(str(value))
+    except (TypeError, ValueError):
+        return None
+    return format(number, spec) if math.isfinite(number) else None
 
 
 def state_label(h: ProviderHealth, *, active: bool = False, now: float | None = None) -> str:
@@ -56,16 +74,13 @@ class HealthRow:
 def health_row(h: ProviderHealth, *, active: bool = False, now: float | None = None) -> HealthRow:
     slot, _, provider = h.key.partition(":")
     rate = h.success_rate
-    latency = (
-        f"p50 {h.latency_ms_p50:.0f} ms / p95 {h.latency_ms_p95:.0f} ms"
-        if h.latency_ms_p50 is not None and h.latency_ms_p95 is not None
-        else "-"
-    )
+    p50, p95 = _number(h.latency_ms_p50, ".0f"), _number(h.latency_ms_p95, ".0f")
+    latency = f"p50 {p50} ms / p95 {p95} ms" if p50 is not None and p95 is not None else "-"
     return HealthRow(
         slot=slot,
         provider=provider,
         state=state_label(h, active=active, now=now),
-        success_rate="-" if rate is None else f"{rate:.0%}",
+        success_rate=_number(rate, ".0%") or "-",
         latency=latency,
         requests=h.requests,
         last_error=h.last_error,
@@ -75,11 +90,13 @@ def health_row(h: ProviderHealth, *, active: bool = False, now: float | None = N
 
 def credit_label(h: ProviderHealth) -> str:
     """``8,200 characters left`` / ``$6.50 left``, from the provider's account API."""
-    if not h.credit or h.credit.get("remaining") is None:
+    if not isinstance(h.credit, dict) or h.credit.get("remaining") is None:
         return "-"
-    remaining = float(str(h.credit["remaining"]))
     unit = str(h.credit.get("unit") or "")
-    return f"${remaining:,.2f} left" if unit == "usd" else f"{remaining:,.0f} {unit} left"
+    remaining = _number(h.credit["remaining"], ",.2f" if unit == "usd" else ",.0f")
+    if remaining is None:
+        return "unreadable"
+    return f"${remaining} left" if unit == "usd" else f"{remaining} {unit} left"
 
 
 def render_table(rows: list[HealthRow]) -> str:

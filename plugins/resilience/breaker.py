@@ -46,12 +46,14 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from plugins.resilience.retry_after import bounded_reset_at, bounded_wait
 from plugins.resilience.types import Admission, BreakerState, Failure, FailureKind
 
 Period = Literal["day", "month"]
@@ -185,7 +187,13 @@ class BreakerRecord:
 
 
 def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+    """A stored time: None or a finite number (``Infinity`` in a record is corruption)."""
+    if value is None:
+        return None
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"time {value!r} is not a finite number")
+    return number
 
 
 def _clock_text(epoch: float) -> str:
@@ -328,18 +336,21 @@ class Breaker:
     # -- internals -------------------------------------------------------------------------
 
     def _fixed_open_until(self, failure: Failure, now: float) -> float | None:
+        # Provider-given times are held to the same bounds however the Failure was built.
         kind = failure.kind
-        if kind is FailureKind.RATE_LIMITED and failure.retry_after_s is not None:
-            return now + max(0.0, failure.retry_after_s)
+        wait = bounded_wait(failure.retry_after_s)
+        reset_at = bounded_reset_at(failure.reset_at, now=now)
+        if kind is FailureKind.RATE_LIMITED and wait is not None:
+            return now + wait
         if kind is FailureKind.QUOTA_EXHAUSTED:
-            if failure.reset_at is not None and failure.reset_at > now:
-                return failure.reset_at
-            if failure.retry_after_s is not None and failure.retry_after_s > 0:
-                return now + failure.retry_after_s
+            if reset_at is not None:
+                return reset_at
+            if wait:
+                return now + wait
             return now + self.config.quota_cooldown_s
         if kind is FailureKind.BUDGET_EXHAUSTED:
-            if failure.reset_at is not None and failure.reset_at > now:
-                return failure.reset_at
+            if reset_at is not None:
+                return reset_at
             return period_end(self.config.budget_period, now)
         return None
 

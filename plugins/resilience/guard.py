@@ -17,14 +17,14 @@ from typing import Any, Generic, TypeVar, cast
 
 import structlog
 
+from plugins.resilience.classify import classify
 from plugins.resilience.deadlines import AdaptiveDeadline
-from plugins.resilience.errors import (
+from plugins.resilience.failures import (
     ClassifiedError,
     DeadlineExceededError,
     ProviderUnavailableError,
-    ResponseTap,
-    classify,
 )
+from plugins.resilience.response_tap import ResponseTap
 from plugins.resilience.types import (
     Admission,
     BreakerState,

@@ -16,9 +16,7 @@ from livekit.agents import APIConnectOptions, llm
 from livekit.agents.llm import ChatChunk, ChatContext, Tool, ToolChoice
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
-from plugins.resilience.errors import (
-    EmptyResultError,
-)
+from plugins.resilience.failures import EmptyResultError
 from plugins.resilience.guard import UNIT_LLM, Guard, GuardedPlugin, Pump, deadline_error
 from plugins.resilience.types import Failure, FailureKind
 

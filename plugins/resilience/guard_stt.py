@@ -20,7 +20,7 @@ from livekit.agents import APIConnectOptions, stt
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer, aio
 
-from plugins.resilience.errors import EmptyResultError
+from plugins.resilience.failures import EmptyResultError
 from plugins.resilience.guard import UNIT_STT, Guard, GuardedPlugin, Pump, deadline_error
 
 #: RMS (int16) above which a frame counts as voiced; a line's hiss stays well below it.

@@ -18,7 +18,7 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, USERDATA_TIMED_TRANSCRIPT
 
-from plugins.resilience.errors import EmptyResultError
+from plugins.resilience.failures import EmptyResultError
 from plugins.resilience.guard import UNIT_TTS, Guard, GuardedPlugin, Pump, deadline_error
 
 #: Peak amplitude (int16) below which synthesized audio counts as silence.

@@ -42,7 +42,7 @@ from livekit.agents.llm import (
 )
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
-from plugins.resilience.errors import (
+from plugins.resilience.failures import (
     ClassifiedError,
     EmptyResultError,
     ProviderUnavailableError,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import abc
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from plugins.resilience.breaker import (
     Jitter,
     Period,
 )
+from plugins.resilience.scrub import scrub
 from plugins.resilience.types import (
     Admission,
     BreakerState,
@@ -44,13 +44,6 @@ T = TypeVar("T")
 Clock = Callable[[], float]
 
 SQLITE_FILENAME = "health.sqlite3"
-
-_SECRETISH = (
-    re.compile(r"(?i)\bbearer\s+\S+"),
-    re.compile(r'(?i)[a-z_-]*(token|key|secret|password|authorization)["\']?\s*[:=]\s*\S+'),
-    re.compile(r"\b(sk|pk|rk)[-_][A-Za-z0-9_\-]{8,}"),
-    re.compile(r"[A-Za-z0-9_\-]{32,}"),
-)
 
 
 class HealthStoreError(RuntimeError):
@@ -66,18 +59,6 @@ def safe_url(url: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def scrub_message(message: str, limit: int = 300) -> str:
-    """One short line, with anything that looks like a credential replaced.
-
-    Callers already pass ``Failure.message``, which must hold no secret; this is a second net so
-    that a provider echoing a key in an error body still never reaches ``status`` or a log.
-    """
-    text = " ".join(message.split())
-    for pattern in _SECRETISH:
-        text = pattern.sub("[redacted]", text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def period_id(period: Period, now: float) -> str:
@@ -291,7 +272,7 @@ class DocumentStore(abc.ABC):
         self, key: str, failure: Failure, *, now: float | None = None
     ) -> BreakerState:
         t = self._now(now)
-        message = scrub_message(failure.message)
+        message = scrub(failure.message)  # second net: a hand-built Failure
 
         def change(doc: ProviderDoc) -> BreakerState:
             doc.requests += 1

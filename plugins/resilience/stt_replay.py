@@ -25,7 +25,7 @@ from livekit.agents import APIConnectOptions, APIError, stt, utils
 from livekit.agents import vad as lk_vad
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
-from plugins.resilience.errors import ProviderUnavailableError
+from plugins.resilience.failures import ProviderUnavailableError
 from plugins.resilience.guard import Pump
 
 log = structlog.get_logger(__name__)

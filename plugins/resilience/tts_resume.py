@@ -25,7 +25,7 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, APIError, tokenize, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS
 
-from plugins.resilience.errors import EmptyResultError, ProviderUnavailableError
+from plugins.resilience.failures import EmptyResultError, ProviderUnavailableError
 from plugins.resilience.guard_tts import SILENCE_PEAK
 
 log = structlog.get_logger(__name__)
