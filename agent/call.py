@@ -19,24 +19,28 @@ from agent.responder.sales_responder import SalesResponder
 from agent.responder.sales_script import SalesScript
 from agent.settings import Settings
 from plugins.chain import Chains, build_chains
-from plugins.observability.metrics import PrometheusObserver
+from plugins.observability.metrics import PrometheusObserver, StoreMetrics
 from plugins.observability.switches import SwitchEvent, SwitchTracker
 from plugins.observability.usage import CallUsage
 from plugins.resilience.budget import Budget, BudgetedStore
 from plugins.resilience.deadlines import DEFAULT_DEADLINES, DeadlineSettings
 from plugins.resilience.store import StoreConfig, open_store
+from plugins.resilience.store_failopen import FailOpenStore
 from plugins.resilience.types import GuardObserver, HealthStore
 from plugins.spec import ProviderSpec, Slot
 
 log = structlog.get_logger(__name__)
 
 _METRICS = PrometheusObserver()  # module-level: one set of Prometheus series per process
+_STORE_METRICS = StoreMetrics()
 
 
 def open_health_store(settings: Settings) -> HealthStore:
-    """The shared store for these settings, with spending caps when any are configured."""
+    """The shared store for these settings, failing open to this process's own breakers when
+    it breaks, with spending caps when any are configured."""
     config = StoreConfig(usage_period=settings.budget_period)
-    store: HealthStore = open_store(settings.redis_url, settings.data_dir, config=config)
+    shared = open_store(settings.redis_url, settings.data_dir, config=config)
+    store: HealthStore = FailOpenStore(shared, observers=(_STORE_METRICS,))
     if settings.provider_budgets_usd:
         budgets = {
             key: Budget("usd", 1.0, limit_usd=limit)

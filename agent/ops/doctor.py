@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -150,10 +151,31 @@ def _journal_key(settings: Settings) -> Finding:
     )
 
 
+async def _check_store(settings: Settings) -> Finding:
+    """A real read and write on the shared health store, under a deadline."""
+    from agent.ops.status import store_fault_text
+    from plugins.resilience.store import open_store
+
+    store = open_store(settings.redis_url, settings.data_dir)
+    try:
+        async with asyncio.timeout(5):
+            await store.ping()
+            providers = len(await store.all_health())
+    except Exception as e:
+        return Finding("health-store", False, store_fault_text(settings, e))
+    finally:
+        with contextlib.suppress(Exception):
+            await store.aclose()
+    return Finding(
+        "health-store", True, f"{store.where}: read and write ok, {providers} providers known"
+    )
+
+
 async def diagnose(settings: Settings) -> list[Finding]:
     specs = [s for slot in ("stt", "llm", "tts") for s in settings.provider_specs(slot)]  # type: ignore[arg-type]
     async with aiohttp.ClientSession() as http:
         findings = list(await asyncio.gather(*(_check_spec(s, settings, http) for s in specs)))
+        findings.append(await _check_store(settings))
         if settings.secret("ghl_api_key"):
             findings.append(await _check_ghl(settings, http))
     findings.extend(worker_findings(settings))

@@ -22,10 +22,15 @@ from plugins.resilience.types import ProviderHealth
 _SLOT_ORDER = {"stt": 0, "llm": 1, "tts": 2}
 
 
+#: How long ``status`` waits on the store in all; a hung Redis gets an answer, not a hang.
+READ_DEADLINE_S = 10.0
+
+
 async def read_health(settings: Settings) -> list[ProviderHealth]:
     store = open_store(settings.redis_url, settings.data_dir)
     try:
-        healths = await store.all_health()
+        async with asyncio.timeout(READ_DEADLINE_S):
+            healths = await store.all_health()
     finally:
         await store.aclose()
     return sorted(healths, key=lambda h: (_SLOT_ORDER.get(h.key.split(":")[0], 9), h.key))
@@ -59,8 +64,7 @@ def run(argv: list[str], settings: Settings) -> int:
     try:
         healths = asyncio.run(read_health(settings))
     except Exception as e:  # an unreachable Redis or unreadable file: say which, don't trace
-        where = "REDIS_URL" if settings.redis_url else f"DATA_DIR ({settings.data_dir})"
-        sys.stderr.write(f"Cannot read the health store at {where}: {type(e).__name__}: {e}\n")
+        sys.stderr.write(store_fault_text(settings, e) + "\n")
         return 1
     if args.json:
         sys.stdout.write(json.dumps([health_json(h) for h in healths], indent=2) + "\n")
@@ -69,3 +73,14 @@ def run(argv: list[str], settings: Settings) -> int:
     table = render_table([health_row(h) for h in healths])
     sys.stdout.write(f"Provider health (store: {where})\n{table}\n")
     return 0
+
+
+def store_fault_text(settings: Settings, error: BaseException) -> str:
+    """What ``status`` and ``doctor`` say when the shared health store fails."""
+    where = "REDIS_URL" if settings.redis_url else f"DATA_DIR ({settings.data_dir})"
+    what = "no answer in time (hung?)" if isinstance(error, TimeoutError) else f"{error}"
+    return (
+        f"Health store at {where} is failing: {type(error).__name__}: {what}. Calls keep "
+        "running (each worker process decides from its own in-memory breakers, so they no "
+        "longer share what they learn); fix the store or point REDIS_URL/DATA_DIR elsewhere."
+    )

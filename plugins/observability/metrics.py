@@ -53,6 +53,18 @@ USAGE = Counter(
     ["slot", "provider", "unit"],
 )
 COST = Counter("voice_provider_cost_usd_total", "Estimated spend", ["slot", "provider"])
+HEALTH_STORE_UP = Gauge(
+    "voice_health_store_up",
+    "1 while this process uses the shared health store, 0 while it decides from its own "
+    "in-memory breakers because the store failed (the lowest live process wins)",
+    ["backend"],
+    multiprocess_mode="livemin",
+)
+HEALTH_STORE_FAULTS = Counter(
+    "voice_health_store_faults_total",
+    "Times a process lost the shared health store and fell open, by cause",
+    ["backend", "reason"],
+)
 
 
 def _labels(key: str) -> tuple[str, str]:
@@ -101,3 +113,22 @@ class PrometheusObserver:
     def _set_state(slot: str, provider: str, state: BreakerState) -> None:
         for s in BreakerState:
             BREAKER_STATE.labels(slot, provider, s.value).set(1.0 if s is state else 0.0)
+
+
+class StoreMetrics:
+    """A :class:`~plugins.resilience.store_failopen.StoreFaultObserver` for the metrics above.
+
+    The label is the backend kind (``redis``, ``sqlite``): never a URL or a path.
+    """
+
+    def on_store_down(self, where: str, reason: str) -> None:
+        backend = _backend(where)
+        HEALTH_STORE_UP.labels(backend).set(0.0)
+        HEALTH_STORE_FAULTS.labels(backend, reason).inc()
+
+    def on_store_up(self, where: str) -> None:
+        HEALTH_STORE_UP.labels(_backend(where)).set(1.0)
+
+
+def _backend(where: str) -> str:
+    return "redis" if where.startswith(("redis", "rediss", "unix")) else "sqlite"

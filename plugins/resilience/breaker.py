@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from plugins.resilience.retry_after import bounded_reset_at, bounded_wait
+from plugins.resilience.retry_after import MAX_RESET_AHEAD_S, bounded_reset_at, bounded_wait
 from plugins.resilience.types import Admission, BreakerState, Failure, FailureKind
 
 Period = Literal["day", "month"]
@@ -171,17 +171,17 @@ class BreakerRecord:
                 fingerprint=data.get("fingerprint"),
                 rejected_fingerprint=data.get("rejected_fingerprint"),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(
-                f"stored breaker state is not valid ({exc}); delete the provider's entry "
-                "from the health store to reset it"
+                f"stored breaker state is not valid ({exc}); the health store resets such "
+                "a record on its next use"
             ) from exc
         if record.state not in _BASE_STATES or (
             record.override is not None and record.override not in _OVERRIDES
         ):
             raise ValueError(
                 f"stored breaker state has impossible states ({state.value}, {override_raw}); "
-                "delete the provider's entry from the health store to reset it"
+                "the health store resets such a record on its next use"
             )
         return record
 
@@ -324,6 +324,21 @@ class Breaker:
             rec.trips = 0
             self._close(rec, now)
         return rec.effective_state
+
+    def impossible(self, rec: BreakerRecord, now: float) -> str | None:
+        """Why ``rec`` cannot have been written by these rules (a time too far ahead), or None.
+
+        Every time the breaker writes is bounded (see :mod:`plugins.resilience.retry_after`);
+        a record that says otherwise is damaged or from a version without the bounds, and would
+        keep its provider off for years.
+        """
+        cfg = self.config
+        horizon = now + max(MAX_RESET_AHEAD_S, cfg.quota_cooldown_s, cfg.max_open_s) + 86400.0
+        if rec.open_until is not None and rec.open_until > horizon:
+            return f"open_until {rec.open_until:.6g} is beyond any time the breaker sets"
+        if rec.probe_until is not None and rec.probe_until > now + cfg.probe_lease_s + 86400.0:
+            return f"probe_until {rec.probe_until:.6g} is beyond any probe lease"
+        return None
 
     def view_state(self, rec: BreakerRecord, now: float) -> BreakerState:
         """The state as a reader should see it: an expired OPEN already counts as HALF_OPEN."""

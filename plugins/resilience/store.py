@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import structlog
+
 from plugins.resilience.breaker import (
     Breaker,
     BreakerConfig,
@@ -39,6 +41,8 @@ from plugins.resilience.types import (
     HealthStore,
     ProviderHealth,
 )
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -75,14 +79,15 @@ class StoreConfig:
     usage_period: Period = "month"  # period for units without an entry in unit_periods
     unit_periods: Mapping[str, Period] = field(default_factory=dict)  # e.g. {"usd": "day"}
     redis_prefix: str = "nsa:health:"
-    # A store that hangs must not hold a turn for seconds: the guard asks before every attempt.
-    redis_timeout_s: float = 0.5
+    # A store that hangs must not hold a turn: the guard asks before every attempt, and past
+    # this deadline a process decides on its own (see ``store_failopen``).
+    op_timeout_s: float = 0.5
 
     def __post_init__(self) -> None:
         if self.latency_samples < 1:
             raise ValueError("latency_samples must be >= 1")
-        if self.redis_timeout_s <= 0:
-            raise ValueError("redis_timeout_s must be > 0")
+        if self.op_timeout_s <= 0:
+            raise ValueError("op_timeout_s must be > 0")
         for unit, period in {"(default)": self.usage_period, **self.unit_periods}.items():
             if period not in ("day", "month"):
                 raise ValueError(
@@ -102,8 +107,7 @@ def _dumps(data: dict[str, Any]) -> str:
 
 def _corrupt(exc: Exception) -> ValueError:
     return ValueError(
-        f"stored provider health is not valid ({exc}); delete the provider's entry from the "
-        "health store to reset it"
+        f"stored provider health is not valid ({exc}); the record is reset on its next use"
     )
 
 
@@ -113,7 +117,7 @@ def breaker_from_json(raw: str) -> BreakerRecord:
         return BreakerRecord()
     try:
         return BreakerRecord.from_dict(json.loads(raw))
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise _corrupt(exc) from exc
 
 
@@ -155,18 +159,28 @@ class ProviderDoc:
         try:
             data: dict[str, Any] = json.loads(stats_raw)
             last = data.get("last_failure")
+            credit = data.get("credit")
+            if credit is not None and not isinstance(credit, dict):
+                raise TypeError(f"credit is {type(credit).__name__}, not an object")
             return cls(
                 breaker=breaker,
                 requests=int(data.get("requests", 0)),
                 failures=int(data.get("failures", 0)),
                 last_failure=FailureKind(last) if last else None,
                 last_error=str(data.get("last_error", "")),
-                latencies_ms=[float(x) for x in data.get("lat", [])],
-                updated_at=float(data.get("updated_at", 0.0)),
-                credit=data.get("credit"),
+                latencies_ms=[_finite(x) for x in data.get("lat", [])],
+                updated_at=_finite(data.get("updated_at", 0.0)),
+                credit=credit,
             )
-        except (TypeError, ValueError, AttributeError) as exc:
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise _corrupt(exc) from exc
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
 
 
 def percentile(samples: list[float], q: float) -> float | None:
@@ -178,9 +192,23 @@ def percentile(samples: list[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def apply_change(stored: Parts, change: Callable[[ProviderDoc], T]) -> tuple[T, Parts | None]:
-    """Run ``change`` on the stored document: its result and the parts to write (None: none)."""
-    doc = ProviderDoc.from_parts(stored)
+def apply_change(
+    stored: Parts, change: Callable[[ProviderDoc], T], *, key: str = ""
+) -> tuple[T, Parts | None]:
+    """Run ``change`` on the stored document: its result and the parts to write (None: none).
+
+    A record that does not parse is replaced by a fresh one (with a log line): one damaged row
+    must not keep its provider off until someone deletes it by hand.
+    """
+    try:
+        doc = ProviderDoc.from_parts(stored)
+    except ValueError as exc:
+        log.warning(
+            "health store record was corrupt; reset it to a fresh (closed) record",
+            provider=key,
+            error=str(exc),
+        )
+        doc, stored = ProviderDoc(), ("", "")
     before = doc.to_parts()
     result = change(doc)
     after = doc.to_parts()
@@ -194,6 +222,9 @@ class DocumentStore(abc.ABC):
     ``register(key, fingerprint)`` (not in the protocol) tells the breaker which key is
     configured, see :meth:`plugins.resilience.breaker.Breaker.register`.
     """
+
+    #: The store's place for messages (``redis://host:port/db``, ``sqlite:///path``), no secret.
+    where: str = "memory"
 
     def __init__(
         self,
@@ -236,7 +267,19 @@ class DocumentStore(abc.ABC):
         """Every provider key the store has seen."""
 
     @abc.abstractmethod
+    async def _ping(self, now: float) -> None:
+        """One real round trip that reads and writes, outside every provider's record."""
+
+    @abc.abstractmethod
     async def aclose(self) -> None: ...
+
+    async def ping(self, *, now: float | None = None) -> None:
+        """Raise (:class:`HealthStoreError`) unless the store can be read and written now.
+
+        What ``doctor`` and a process that fell open (see ``store_failopen``) ask: a read
+        alone would call a read-only or full disk healthy.
+        """
+        await self._ping(self._now(now))
 
     # -- HealthStore -----------------------------------------------------------------------
 
@@ -245,13 +288,32 @@ class DocumentStore(abc.ABC):
 
     async def admit(self, key: str, *, now: float | None = None) -> Admission:
         t = self._now(now)
-        rec = breaker_from_json(await self._read_breaker(key))
+        try:
+            rec = breaker_from_json(await self._read_breaker(key))
+        except ValueError:  # a damaged record: decide under the lock, which resets it
+            return await self._update(key, lambda d: self.breaker.admit(d.breaker, t))
+        if (problem := self.breaker.impossible(rec, t)) is not None:
+            await self._reset_breaker(key, problem, t)
+            return await self._update(key, lambda d: self.breaker.admit(d.breaker, t))
         before = rec.to_dict()
         admission = self.breaker.admit(rec, t)
         if rec.to_dict() == before:
             return admission  # nothing to take (closed, open, probe busy): no write needed
         # Taking the half-open probe: decide again under the lock, someone may have won it.
         return await self._update(key, lambda d: self.breaker.admit(d.breaker, t))
+
+    async def _reset_breaker(self, key: str, problem: str, now: float) -> None:
+        log.warning(
+            "health store record was corrupt; reset it to a fresh (closed) record",
+            provider=key,
+            error=problem,
+        )
+
+        def change(doc: ProviderDoc) -> None:
+            if self.breaker.impossible(doc.breaker, now) is not None:  # still, under the lock
+                doc.breaker = BreakerRecord(fingerprint=doc.breaker.fingerprint)
+
+        await self._update(key, change)
 
     async def record_success(
         self, key: str, *, latency_s: float | None, now: float | None = None
@@ -329,7 +391,11 @@ class DocumentStore(abc.ABC):
         await self._update(key, lambda d: self.breaker.set_override(d.breaker, state))
 
     async def health(self, key: str) -> ProviderHealth:
-        doc = ProviderDoc.from_parts(await self._read(key))
+        try:
+            doc = ProviderDoc.from_parts(await self._read(key))
+        except ValueError:
+            await self._update(key, lambda d: None)  # resets the damaged record
+            doc = ProviderDoc.from_parts(await self._read(key))
         return self._to_health(key, doc, await self._usage(key))
 
     async def all_health(self) -> list[ProviderHealth]:

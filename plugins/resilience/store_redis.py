@@ -8,7 +8,8 @@ holds across every process of the pool. Usage counters are plain ``HINCRBYFLOAT`
 
 Keys, under a configurable prefix (``StoreConfig.redis_prefix``):
 ``<prefix>doc:<provider key>`` (hash: ``b`` breaker JSON, ``s`` statistics JSON), ``<prefix>usage:<provider key>`` (hash of
-``unit@period`` -> amount) and ``<prefix>keys`` (set of provider keys).
+``unit@period`` -> amount), ``<prefix>keys`` (set of provider keys) and ``<prefix>checked_at``
+(the last :meth:`ping`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from plugins.resilience.breaker import Jitter
@@ -71,13 +75,17 @@ class RedisHealthStore(DocumentStore):
         self._redis: aioredis.Redis = aioredis.from_url(
             url,
             decode_responses=True,
-            socket_connect_timeout=self.config.redis_timeout_s,
-            socket_timeout=self.config.redis_timeout_s,
+            socket_connect_timeout=self.config.op_timeout_s,
+            socket_timeout=self.config.op_timeout_s,
+            # a pooled connection the server closed (it restarted) is retried once on a new one
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         self._cas: Any = self._redis.register_script(_CAS)
-        self._where = safe_url(url)
+        self.where = safe_url(url)
         prefix = self.config.redis_prefix
         self._keys_key = f"{prefix}keys"
+        self._checked_key = f"{prefix}checked_at"
         self._doc_prefix = f"{prefix}doc:"
         self._usage_prefix = f"{prefix}usage:"
 
@@ -87,7 +95,7 @@ class RedisHealthStore(DocumentStore):
             yield
         except RedisError as exc:
             raise HealthStoreError(
-                f"health store at {self._where} failed ({type(exc).__name__}: {exc}); check "
+                f"health store at {self.where} failed ({type(exc).__name__}: {exc}); check "
                 "that Redis is running and reachable, or leave the store URL empty to use a "
                 "SQLite file on this machine"
             ) from exc
@@ -105,7 +113,7 @@ class RedisHealthStore(DocumentStore):
         doc_key = self._doc_prefix + key
         stored = await self._read(key)
         for _ in range(_MAX_CAS_ROUNDS):
-            result, write = apply_change(stored, change)
+            result, write = apply_change(stored, change, key=key)
             if write is None:
                 return result  # nothing changed: the read was the answer
             with self._errors():
@@ -137,6 +145,10 @@ class RedisHealthStore(DocumentStore):
         with self._errors():
             members = await self._redis.smembers(self._keys_key)
         return [_text(m) for m in members]
+
+    async def _ping(self, now: float) -> None:
+        with self._errors():
+            await self._redis.set(self._checked_key, repr(now))
 
     async def aclose(self) -> None:
         await self._redis.aclose()

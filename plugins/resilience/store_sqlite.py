@@ -38,6 +38,7 @@ _SCHEMA = (
     " key TEXT PRIMARY KEY, breaker TEXT NOT NULL, stats TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS usage ("
     " key TEXT NOT NULL, field TEXT NOT NULL, amount REAL NOT NULL, PRIMARY KEY (key, field))",
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value REAL NOT NULL)",
 )
 
 
@@ -55,6 +56,7 @@ class SqliteHealthStore(DocumentStore):
     ) -> None:
         super().__init__(config, clock=clock, jitter=jitter)
         self.path = Path(path)
+        self.where = f"sqlite:///{self.path}"
         self._busy_timeout_ms = busy_timeout_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-sqlite")
         self._conn: sqlite3.Connection | None = None
@@ -111,7 +113,7 @@ class SqliteHealthStore(DocumentStore):
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            result, write = apply_change(self._select(key), change)
+            result, write = apply_change(self._select(key), change, key=key)
             if write is not None:
                 conn.execute(
                     "INSERT INTO provider (key, breaker, stats) VALUES (?, ?, ?) ON CONFLICT (key) "
@@ -157,6 +159,20 @@ class SqliteHealthStore(DocumentStore):
         rows = self._connection().execute("SELECT key FROM provider UNION SELECT key FROM usage")
         return [str(r[0]) for r in rows.fetchall()]
 
+    def _write_checked(self, now: float) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('checked_at', ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (now,),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -192,6 +208,9 @@ class SqliteHealthStore(DocumentStore):
 
     async def _keys(self) -> list[str]:
         return await self._run(self._select_keys)
+
+    async def _ping(self, now: float) -> None:
+        await self._run(self._write_checked, now)
 
     async def aclose(self) -> None:
         if self._closed:
