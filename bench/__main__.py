@@ -11,7 +11,7 @@ import importlib.util
 import subprocess
 import sys
 
-BENCHMARKS = ("local_rtf", "store_admit", "failover", "midstream", "capacity")
+BENCHMARKS = ("local_rtf", "store_admit", "failover", "midstream", "capacity", "own_faults")
 
 
 def main() -> int:

@@ -41,6 +41,13 @@ class TruncatedError(GuardError):
     kind = FailureKind.TRUNCATED
 
 
+class ImplausibleAudioError(GuardError):
+    """TTS audio that cannot be speech (noise, clipping, bytes read as samples): an error the
+    provider sent inside a 200, whatever its status said."""
+
+    kind = FailureKind.IN_BAND_ERROR
+
+
 class ProviderUnavailableError(APIError):
     """Raised before any network I/O when the health store refuses the attempt.
 

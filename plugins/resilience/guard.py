@@ -24,6 +24,7 @@ from plugins.resilience.failures import (
     DeadlineExceededError,
     ProviderUnavailableError,
 )
+from plugins.resilience.repeat_limit import attempt_scope
 from plugins.resilience.response_tap import ResponseTap
 from plugins.resilience.types import (
     Admission,
@@ -152,7 +153,8 @@ class Guard:
         await self.admit()
         since = self.started()
         try:
-            yield
+            with attempt_scope(self.key):  # a plugin's repeated warning: one line per attempt
+                yield
         except (asyncio.CancelledError, ProviderUnavailableError):
             raise
         except Exception as e:

@@ -3,7 +3,11 @@
 Both paths are guarded: ``synthesize`` (one text, chunked) and ``stream`` (text pushed as the
 LLM writes it). For a stream the first-audio clock starts when there is something to speak
 (a flush or the end of input), not when the first token arrives, so a slow LLM is never blamed
-on the TTS. Audio that is all silence counts as an empty result.
+on the TTS. Audio that is all silence counts as an empty result; audio that cannot be speech
+(:mod:`plugins.resilience.speech_check`: noise, clipping, bytes read as samples) as an error
+inside the answer, and its first window is held back until judged, so the caller never hears
+it; an answer that ends with far less audio than its text needs as a cut. All three raise
+classified failures the chain resumes from on the next voice.
 """
 
 from __future__ import annotations
@@ -14,19 +18,25 @@ import time
 from typing import Any, Never
 
 import numpy as np
+import numpy.typing as npt
 from livekit import rtc
 from livekit.agents import APIConnectOptions, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, USERDATA_TIMED_TRANSCRIPT
 
-from plugins.resilience.failures import EmptyResultError
+from plugins.resilience.failures import EmptyResultError, ImplausibleAudioError, TruncatedError
 from plugins.resilience.guard import UNIT_TTS, Guard, GuardedPlugin, Pump, deadline_error
+from plugins.resilience.speech_check import SpeechCheck, implausible, min_speech_s, spoken_chars
 
 #: Peak amplitude (int16) below which synthesized audio counts as silence.
 SILENCE_PEAK = 64
 
 
+def _samples(frame: rtc.AudioFrame) -> npt.NDArray[np.int16]:
+    return np.frombuffer(frame.data, dtype=np.int16)
+
+
 def _peak(frame: rtc.AudioFrame) -> int:
-    data = np.frombuffer(frame.data, dtype=np.int16)
+    data = _samples(frame)
     return int(np.abs(data).max()) if data.size else 0
 
 
@@ -90,6 +100,8 @@ class GuardedTTS(GuardedPlugin, tts.TTS[Never]):
                 if audio is None:
                     raise EmptyResultError(f"{self.guard.key} answered the probe with no audio")
                 if _peak(audio.frame) > SILENCE_PEAK:
+                    if reason := implausible(_samples(audio.frame)):
+                        raise ImplausibleAudioError(f"{self.guard.key} probe: {reason}")
                     return time.perf_counter() - started
         finally:
             await pump.aclose()
@@ -108,6 +120,7 @@ class _AudioWatch:
         self.last_audio = 0.0
         self.audible = False
         self.input_done = False
+        self.speech = SpeechCheck()
 
     def timeout(self) -> float | None:
         now = time.perf_counter()
@@ -137,11 +150,30 @@ class _AudioWatch:
         )
 
     def saw(self, frame: rtc.AudioFrame) -> None:
+        """Account for one frame; raises :class:`ImplausibleAudioError` on a bad window."""
         self.last_audio = time.perf_counter()
         if self.first_audio is None:
             self.first_audio = self.last_audio
         if not self.audible and _peak(frame) > SILENCE_PEAK:
             self.audible = True
+        reason = self.speech.feed(_samples(frame), frame.sample_rate, frame.num_channels)
+        self._raise_if(reason)
+
+    def ended(self) -> None:
+        self._raise_if(self.speech.finish())
+
+    def _raise_if(self, reason: str | None) -> None:
+        if reason is not None:
+            raise ImplausibleAudioError(f"{self.guard.key} sent audio that is not speech: {reason}")
+
+    def check_length(self, spoken: int) -> None:
+        """Raise :class:`TruncatedError` when the audio is far shorter than ``spoken`` needs."""
+        needed = min_speech_s(spoken)
+        if self.audible and self.speech.seconds < needed:
+            raise TruncatedError(
+                f"{self.guard.key} ended after {self.speech.seconds:.2f}s of audio for "
+                f"{spoken} characters (speech takes at least {needed:.2f}s)"
+            )
 
     @property
     def latency(self) -> float | None:
@@ -155,6 +187,14 @@ async def _read_audio(
     watch: _AudioWatch,
     output_emitter: tts.AudioEmitter,
 ) -> None:
+    """Forward the plugin's audio; the first window is held back until it is judged speech."""
+    held: list[tts.SynthesizedAudio] = []
+
+    def emit(audio: tts.SynthesizedAudio) -> None:
+        if texts := audio.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT):
+            output_emitter.push_timed_transcript(texts)
+        output_emitter.push_frame(audio.frame)
+
     while True:
         timeout = watch.timeout()
         try:
@@ -164,11 +204,18 @@ async def _read_audio(
                 raise watch.error() from None
             continue
         if audio is None:
+            watch.ended()
+            for early in held:
+                emit(early)
             return
         watch.saw(audio.frame)
-        if texts := audio.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT):
-            output_emitter.push_timed_transcript(texts)
-        output_emitter.push_frame(audio.frame)
+        if watch.speech.windows_judged == 0:
+            held.append(audio)
+            continue
+        for early in held:
+            emit(early)
+        held.clear()
+        emit(audio)
 
 
 class GuardedChunkedStream(tts.ChunkedStream):
@@ -205,6 +252,7 @@ class GuardedChunkedStream(tts.ChunkedStream):
                 await _read_audio(pump, watch, output_emitter)
                 if self.input_text.strip() and not watch.audible:
                     raise EmptyResultError(f"{guard.key} returned no audible audio")
+                watch.check_length(spoken_chars(self.input_text))
             finally:
                 await pump.aclose()
                 await inner.aclose()
@@ -239,12 +287,14 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
             watch = _AudioWatch(guard)
             inner = self._guarded.inner.stream(conn_options=self._inner_conn_options)
             chars = 0
+            spoken = 0
 
             async def forward_input() -> None:
-                nonlocal chars
+                nonlocal chars, spoken
                 async for data in self._input_ch:
                     if isinstance(data, str):
                         chars += len(data)
+                        spoken += spoken_chars(data)
                         inner.push_text(data)
                     else:
                         inner.flush()
@@ -263,6 +313,7 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
                     raise exc
                 if chars and not watch.audible:
                     raise EmptyResultError(f"{guard.key} returned no audible audio")
+                watch.check_length(spoken)
             finally:
                 await utils.aio.cancel_and_wait(input_task)
                 await pump.aclose()

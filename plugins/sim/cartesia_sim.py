@@ -34,7 +34,13 @@ from plugins.sim.fault_schedule import (
     StreamStoppedError,
 )
 from plugins.sim.faults import Fault, FaultType, SimState
-from plugins.sim.http_common import HttpSimulator, run_cli
+from plugins.sim.http_common import (
+    HttpSimulator,
+    garbage_bytes,
+    html_response,
+    huge_error_response,
+    run_cli,
+)
 from plugins.sim.tts_audio import RAW_ENCODINGS, encode_raw, speak, split, spread
 
 log = structlog.get_logger(__name__)
@@ -70,6 +76,10 @@ def error_response(
     if retry_after_s is not None:
         headers["Retry-After"] = f"{retry_after_s:g}"
     return web.json_response(error_body(status, message), status=status, headers=headers)
+
+
+#: Faults acted out in the body itself (not by the stream actor).
+_BODY_FAULTS = frozenset({FaultType.GARBAGE, FaultType.SHORT})
 
 
 def fault_status(fault: Fault) -> int:
@@ -170,6 +180,8 @@ class CartesiaSimulator(HttpSimulator):
             return web.Response(status=500)
         if fault.type is FaultType.HANG:
             return await self.hang(request)
+        if fault.type is FaultType.HUGE_ERROR:
+            return huge_error_response(fault_status(fault), fault.message or "Request failed")
         return error_response(fault_status(fault), fault.message, fault.retry_after_s)
 
     # -- GET /voices (the cheapest authenticated read: what ``doctor`` uses) -----------------
@@ -204,18 +216,24 @@ class CartesiaSimulator(HttpSimulator):
             return await self._refuse(request, fault)
         if fault is not None and fault.type is FaultType.IN_BAND_ERROR:
             return web.json_response(error_body(fault.status or 500, fault.message))
+        if fault is not None and fault.type is FaultType.HTML:
+            return html_response(200)
 
         silent = fault is not None and fault.type is FaultType.SILENT
         pcm = await asyncio.to_thread(speak, transcript, fmt.sample_rate, silent=silent)
         audio = b"" if fault is not None and fault.type is FaultType.EMPTY else None
         if audio is None:
             audio = encode_raw(pcm, fmt.encoding)
+            if fault is not None and fault.type is FaultType.GARBAGE:
+                audio = garbage_bytes(len(audio))
+            elif fault is not None and fault.type is FaultType.SHORT:
+                audio = audio[: len(audio) // 5 // fmt.bytes_per_sample * fmt.bytes_per_sample]
             if fmt.container == "wav":
                 audio = _wav(audio, fmt)
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await resp.prepare(request)
         actor: StreamActor[bytes] = StreamActor(
-            fault,
+            None if fault is not None and fault.type in _BODY_FAULTS else fault,
             send=resp.write,
             abort=lambda: self.reset(request),
             park=self.park,

@@ -25,7 +25,9 @@ from plugins.sim.faults import Fault, FaultPlan, FaultType
 T = TypeVar("T")
 
 #: Faults that refuse a request outright; anything else shapes a response that is under way.
-REFUSALS = frozenset({FaultType.STATUS, FaultType.QUOTA, FaultType.RESET, FaultType.HANG})
+REFUSALS = frozenset(
+    {FaultType.STATUS, FaultType.QUOTA, FaultType.RESET, FaultType.HANG, FaultType.HUGE_ERROR}
+)
 
 
 class FaultSchedule:
@@ -118,6 +120,13 @@ class StreamActor(Generic[T]):
         await self.fire_if_due()
         if self._sent == 0 and self.fault is not None and self.fault.type is FaultType.SLOW_FIRST:
             await self._park(self.fault.delay_s)
+        if (
+            self.fault is not None
+            and self.fault.type is FaultType.GARBAGE
+            and self._garbage is not None
+            and self._sent >= self.fault.after_chunks
+        ):
+            chunk = self._garbage  # every chunk from here on is one that does not parse
         await self._send(chunk)
         self._sent += 1
 

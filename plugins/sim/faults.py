@@ -35,6 +35,10 @@ class FaultType(enum.StrEnum):
     MALFORMED = "malformed"  # a frame that does not parse
     EMPTY = "empty"  # a well-formed but empty result (no text / no transcript)
     SILENT = "silent"  # TTS: well-formed audio that is all silence
+    GARBAGE = "garbage"  # TTS: 200 with random bytes as audio; STT: every frame unparsable
+    HTML = "html"  # 200 with an HTML page (a proxy's or captive portal's), text/html
+    SHORT = "short"  # TTS: clean 200 with the first fifth of the audio the text needs
+    HUGE_ERROR = "huge_error"  # an error status (``status``, default 500) with a 10 MB body
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
 import signal
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -165,3 +167,34 @@ def run_cli(
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
     return 0
+
+
+# -- bad output any provider can send ------------------------------------------------------
+
+#: Size of the body :data:`~plugins.sim.faults.FaultType.HUGE_ERROR` sends.
+HUGE_ERROR_BYTES = 10 * 1024 * 1024
+
+_HTML_PAGE = (
+    "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>"
+    "<h1>Bad Gateway</h1><p>The upstream server returned an invalid response.</p>"
+    "<hr><address>nginx</address></body></html>\n"
+)
+
+
+def huge_error_response(status: int, message: str = "upstream failure") -> web.Response:
+    """An error status whose JSON body is 10 MB: the provider's message, then a vast dump."""
+    head = '{"error": {"message": ' + json.dumps(message) + ', "detail": "'
+    filler = "x" * (HUGE_ERROR_BYTES - len(head) - 4)
+    return web.Response(
+        body=(head + filler + '"}}').encode(), status=status, content_type="application/json"
+    )
+
+
+def html_response(status: int = 200, repeat: int = 40) -> web.Response:
+    """An HTML page where audio or JSON was expected (a proxy, a captive portal, a CDN)."""
+    return web.Response(text=_HTML_PAGE * repeat, status=status, content_type="text/html")
+
+
+def garbage_bytes(size: int) -> bytes:
+    """Random bytes: as 16-bit PCM they are full-scale noise."""
+    return os.urandom(size)

@@ -36,7 +36,7 @@ from aiohttp import web
 from plugins.local.responder import Message
 from plugins.sim.fault_schedule import StreamActor, StreamStoppedError
 from plugins.sim.faults import Fault, FaultType, SimState
-from plugins.sim.http_common import HttpSimulator, run_cli
+from plugins.sim.http_common import HttpSimulator, huge_error_response, run_cli
 from plugins.sim.llm_script import (
     LlmBrain,
     ReplyFn,
@@ -55,7 +55,9 @@ Flavor = Literal["openai", "openrouter"]
 REJECTED_KEY = "bad-key"
 TTS_SAMPLE_RATE = 24000  # OpenAI's speech is 24 kHz mono (what the plugin decodes)
 AUDIO_CHUNK_BYTES = 4800
-REFUSALS = frozenset({FaultType.STATUS, FaultType.QUOTA, FaultType.RESET, FaultType.HANG})
+REFUSALS = frozenset(
+    {FaultType.STATUS, FaultType.QUOTA, FaultType.RESET, FaultType.HANG, FaultType.HUGE_ERROR}
+)
 SPEECH_FORMATS = {
     "pcm": "audio/pcm",
     "wav": "audio/wav",
@@ -329,7 +331,7 @@ class OpenAISimulator(HttpSimulator):
         if retry_after_s is not None:
             headers["Retry-After"] = f"{retry_after_s:g}"
             if self.flavor == "openai":
-                headers["retry-after-ms"] = str(round(retry_after_s * 1000))
+                headers["retry-after-ms"] = f"{retry_after_s * 1000:.0f}"
         if status == 429 and self.flavor == "openai" and not quota:
             headers.update(
                 {
@@ -378,6 +380,8 @@ class OpenAISimulator(HttpSimulator):
             return web.Response(status=500)
         if fault.type is FaultType.HANG:
             return await self.hang(request)
+        if fault.type is FaultType.HUGE_ERROR:
+            return huge_error_response(fault.status or 500, fault.message or "upstream failure")
         if fault.type is FaultType.QUOTA:
             status = fault.status or (402 if self.flavor == "openrouter" else 429)
             return self.error_response(
