@@ -151,7 +151,8 @@ class DrainingServer(AgentServer):
         try:
             await super().run(devmode=devmode, unregistered=unregistered)
         except Exception as e:
-            self.failure = f"{type(e).__name__}: {e}"
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            self.failure = f"{type(e).__name__}: {first_line}"
             log.error("worker stopped", reason=self.failure)
 
     def _start_health(self) -> None:

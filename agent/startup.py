@@ -71,13 +71,17 @@ def check_data_dir(data_dir: Path) -> None:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise StartupError(f"DATA_DIR {data_dir} is a file, not a directory; {fix}") from None
+        raise StartupError(
+            f"DATA_DIR {data_dir} is a file, not a directory; move the file away, {fix}"
+        ) from None
     except OSError as e:
         raise StartupError(
             f"DATA_DIR {data_dir} cannot be created ({e.strerror}); create it, {fix}"
         ) from None
     if not data_dir.is_dir():
-        raise StartupError(f"DATA_DIR {data_dir} is a file, not a directory; {fix}")
+        raise StartupError(
+            f"DATA_DIR {data_dir} is a file, not a directory; move the file away, {fix}"
+        )
     try:
         os.listdir(data_dir)
     except OSError as e:

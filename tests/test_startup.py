@@ -311,3 +311,33 @@ def test_doctor_reports_an_unwritable_data_dir(tmp_path: Path) -> None:
         data.chmod(stat.S_IRWXU)
     assert code == 1
     assert lines["data_dir"].startswith("BAD") and "is not writable" in lines["data_dir"]
+
+
+# -- a worker that stops on a failure after start-up -----------------------------------------
+
+
+async def _no_call(_ctx: object) -> None:
+    raise AssertionError("no call is dispatched in this test")
+
+
+async def test_a_failure_inside_run_is_kept_as_one_line_not_raised(tmp_path: Path) -> None:
+    """LiveKit's CLI logs run()'s exception with a traceback and exits 0; the server keeps it
+    as one line so `python -m agent start` can exit 1 (agent.launch)."""
+    from agent.drain import DrainingServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    server = DrainingServer(
+        ws_url=f"ws://127.0.0.1:{closed_port}",
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        max_retry=0,  # give up at the first refused connection
+        port=0,
+    )
+    server.rtc_session(_no_call, agent_name="startup-test")
+    try:
+        await server.run(devmode=True)
+    finally:
+        await server.aclose()
+    assert server.failure == "RuntimeError: failed to connect to livekit after 0 attempts"
