@@ -1,7 +1,8 @@
 """The CRM side of one call: the journal recorder, the lead sink and the agent's CRM tools.
 
-The journal needs only ``ENCRYPTION_KEY`` (transcripts are kept even with no CRM configured,
-and delivered once one is); the CRM tools need GHL's token and location too. Delivery itself
+The journal needs only ``ENCRYPTION_KEY``, which every worker started by ``python -m agent``
+has (:mod:`agent.startup`); transcripts are kept even with no CRM configured, and delivered
+once one is; the CRM tools need GHL's token and location too. Delivery itself
 runs in the worker process (:mod:`agent.drain`), so a call's process only appends to the
 journal and never waits on the CRM.
 """
@@ -39,9 +40,12 @@ class CallCrm:
     ) -> CallCrm | None:
         key = settings.secret("encryption_key")
         if key is None:
-            log.warning(
-                "ENCRYPTION_KEY is not set: this call's transcript is not journaled and leads "
-                "cannot reach the CRM; set 32 characters to keep them"
+            # `python -m agent start/dev/console` never get here: start refuses to run without
+            # a key and console/dev create one (agent.startup). Only a worker launched some
+            # other way can, and it must say loudly what it loses.
+            log.error(
+                "ENCRYPTION_KEY is not set: this call's transcript and leads are NOT kept; "
+                "set ENCRYPTION_KEY (32 characters) or run the worker with `python -m agent`"
             )
             return None
         from agent.crm.leads import JournaledLeadSink

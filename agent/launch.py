@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from agent.console_check import audio_console_problem
 from agent.logs import configure_structlog, quiet_livekit_noise
 from agent.readiness import HealthEndpoint
-from agent.settings import Settings
+from agent.settings import Settings, SettingsError, load_settings
 from agent.startup import StartupError, WorkerCommand, preflight
 
 if TYPE_CHECKING:  # LiveKit takes seconds to import: a worker that cannot start says so first
@@ -36,6 +36,24 @@ class ServerFactory(Protocol):
 def _fail(line: str) -> int:
     sys.stderr.write(f"{line}\n")
     return 1
+
+
+# LiveKit's own options for the connection: they override the settings, as in LiveKit's CLI.
+_LIVEKIT_FLAGS = {"--url": "livekit_url", "--api-key": "livekit_api_key",
+                  "--api-secret": "livekit_api_secret"}  # fmt: skip
+
+
+def livekit_flags(argv: Sequence[str]) -> dict[str, str]:
+    """``--url X`` / ``--url=X`` (and the key and secret) as settings overrides."""
+    found: dict[str, str] = {}
+    for i, word in enumerate(argv):
+        flag, eq, value = word.partition("=")
+        if flag in _LIVEKIT_FLAGS:
+            if eq:
+                found[_LIVEKIT_FLAGS[flag]] = value
+            elif i + 1 < len(argv):
+                found[_LIVEKIT_FLAGS[flag]] = argv[i + 1]
+    return found
 
 
 def _livekit_argv(command: str, argv: Sequence[str]) -> list[str]:
@@ -58,6 +76,12 @@ def run_worker_command(
         if problem:
             return _fail(problem)
     configure_structlog()  # LiveKit's CLI installs the handler (JSON in start, readable in dev)
+    if overrides := livekit_flags(argv):
+        try:
+            settings = load_settings(**overrides)
+        except SettingsError as e:
+            sys.stderr.write(f"{e}\n")
+            return 2
     try:
         ready = preflight(settings, command)
     except StartupError as e:

@@ -341,3 +341,23 @@ async def test_a_failure_inside_run_is_kept_as_one_line_not_raised(tmp_path: Pat
     finally:
         await server.aclose()
     assert server.failure == "RuntimeError: failed to connect to livekit after 0 attempts"
+
+
+def test_livekits_own_url_option_counts_as_the_setting(tmp_path: Path) -> None:
+    """`start --url ...` (LiveKit's CLI option) stands in for LIVEKIT_URL, validated the same."""
+    settings = _good(tmp_path)
+    for name in ("LIVEKIT_URL", "LIVEKIT_API_SECRET"):
+        del settings[name]
+    _dotenv(tmp_path, **settings)
+    code, out = _run_args(tmp_path, "start", "--url", "ws://127.0.0.1:9")
+    _assert_one_line(code, out, "LIVEKIT_API_SECRET is not set")  # past the URL check
+    code, out = _run_args(tmp_path, "start", "--url=wss://")
+    _assert_one_line(code, out, "Invalid setting LIVEKIT_URL: names no host")
+
+
+def _run_args(tmp: Path, *args: str) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        cwd=tmp, env=_base_env(tmp), capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    return result.returncode, result.stdout + result.stderr
