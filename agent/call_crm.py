@@ -4,7 +4,9 @@ The journal needs only ``ENCRYPTION_KEY``, which every worker started by ``pytho
 has (:mod:`agent.startup`); transcripts are kept even with no CRM configured, and delivered
 once one is; the CRM tools need GHL's token and location too. Delivery itself
 runs in the worker process (:mod:`agent.drain`), so a call's process only appends to the
-journal and never waits on the CRM.
+journal and never waits on the CRM. Opening never fails the call: a journal that cannot be opened
+(wrong key, damaged file, read-only or full disk) holds the call's writes in memory
+(:class:`~agent.journal.call_journal.CallJournal`) and the caller is answered as usual.
 """
 
 from __future__ import annotations
@@ -49,10 +51,19 @@ class CallCrm:
             )
             return None
         from agent.crm.leads import JournaledLeadSink
+        from agent.journal.call_journal import CallJournal
         from agent.journal.recorder import CallRecorder
+        from agent.journal.spool import spool_dirs
         from agent.journal.store import JournalStore
 
-        store = JournalStore.in_dir(settings.data_dir, key)
+        store = CallJournal(
+            call_id,
+            lambda: JournalStore.in_dir(
+                settings.data_dir, key, previous_keys=settings.journal_previous_keys()
+            ),
+            key=key,
+            spool_dirs=spool_dirs(settings.data_dir),
+        )
         recorder = CallRecorder(
             store, call_id, caller_phone=caller_phone, usage_summary=usage_summary
         )
@@ -82,6 +93,13 @@ class CallCrm:
         )
 
     async def aclose(self) -> None:
+        """Never raises: it runs in LiveKit's shutdown callback."""
         if self._client is not None:
-            await self._client.aclose()
-        self._store.close()
+            try:
+                await self._client.aclose()
+            except Exception:
+                log.exception("closing the GHL client failed")
+        try:
+            self._store.close()
+        except Exception:
+            log.exception("closing the journal failed")

@@ -22,6 +22,9 @@ def run(command: str, argv: list[str], settings: Settings) -> int:
         from agent.journal import cli as journal_cli
 
         return journal_cli.run(
-            argv, data_dir=settings.data_dir, encryption_key=settings.secret("encryption_key")
+            argv,
+            data_dir=settings.data_dir,
+            encryption_key=settings.secret("encryption_key"),
+            previous_keys=settings.journal_previous_keys(),
         )
     raise ValueError(f"unknown command {command!r}")

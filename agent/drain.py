@@ -80,20 +80,26 @@ class JournalFlush:
 
         s = self._settings
         Path(s.data_dir).mkdir(parents=True, exist_ok=True)
-        self._store = JournalStore.in_dir(s.data_dir, s.secret("encryption_key"))
+        self._store = JournalStore.in_dir(
+            s.data_dir, s.secret("encryption_key"), previous_keys=s.journal_previous_keys()
+        )
         self._client = GhlClient(
             api_key=s.secret("ghl_api_key") or "",
             location_id=s.ghl_location_id or "",
             base_url=str(s.ghl_base_url).rstrip("/"),
         )
         self._deliverer = OutboxDeliverer(self._store, self._client)
-        report = await self._deliverer.deliver_once()
-        log.info(
-            "journal delivery started",
-            delivered=report.delivered,
-            recovered_calls=report.recovered_calls,
-            waiting=report.waiting,
-        )
+        try:
+            report = await self._deliverer.deliver_once()
+            log.info(
+                "journal delivery started",
+                delivered=report.delivered,
+                recovered_calls=report.recovered_calls,
+                imported_spools=report.imported_spools,
+                waiting=report.waiting,
+            )
+        except Exception:  # the loop below logs the fault once and retries
+            log.exception("first journal delivery pass failed; delivery keeps retrying")
         self._deliverer.start()
 
     async def flush(self) -> bool | None:
@@ -106,11 +112,15 @@ class JournalFlush:
         except Exception:
             log.exception("journal flush failed; undelivered items stay in the journal")
             self.flushed = False
-        pending = len(self._store.pending())
+        try:
+            pending: int | None = len(self._store.pending())
+        except Exception:
+            pending = None
         log.info("journal flushed" if self.flushed else "journal left pending", pending=pending)
         with contextlib.suppress(Exception):
             await self._client.aclose()
-        self._store.close()
+        with contextlib.suppress(Exception):
+            self._store.close()
         self._deliverer = None
         return self.flushed
 

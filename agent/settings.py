@@ -37,6 +37,7 @@ _SECRET_FIELDS = frozenset(
         "livekit_api_secret",
         "ghl_api_key",
         "encryption_key",
+        "encryption_key_previous",
     }
 )
 
@@ -156,6 +157,8 @@ class Settings(BaseSettings):
     ghl_base_url: AnyHttpUrl = AnyHttpUrl("https://services.leadconnectorhq.com")
     ghl_timezone: str = "America/New_York"
     encryption_key: SecretStr | None = None
+    # the key the journal was written with before ENCRYPTION_KEY was rotated (read, re-encrypted)
+    encryption_key_previous: SecretStr | None = None
 
     # -- resilience and health ----------------------------------------------------------------
     data_dir: Path = Path("data")
@@ -215,7 +218,7 @@ class Settings(BaseSettings):
     def _amounts(cls, v: Any) -> dict[str, float]:
         return _parse_amounts(v)
 
-    @field_validator("encryption_key")
+    @field_validator("encryption_key", "encryption_key_previous")
     @classmethod
     def _encryption_key(cls, v: SecretStr | None) -> SecretStr | None:
         if v is None or v.get_secret_value() == "":
@@ -265,6 +268,10 @@ class Settings(BaseSettings):
         return v or None
 
     # -- derived ------------------------------------------------------------------------------
+    def journal_previous_keys(self) -> list[str]:
+        previous = self.secret("encryption_key_previous")
+        return [previous] if previous else []
+
     def secret(self, name: str) -> str | None:
         value = getattr(self, name)
         if value is None:

@@ -17,8 +17,8 @@ from agent.crm.validation import (
     split_name,
 )
 from agent.journal import outbox
+from agent.journal.call_journal import CallWrites
 from agent.journal.deliverer import OutboxDeliverer
-from agent.journal.store import JournalStore
 from agent.responder.lead import Lead
 
 log = structlog.get_logger(__name__)
@@ -27,7 +27,7 @@ LEAD_TAG = "voice-lead"
 
 
 def queue_lead(
-    store: JournalStore,
+    store: CallWrites,
     call_id: str | None,
     *,
     name: str | None,
@@ -75,7 +75,7 @@ class JournaledLeadSink:
 
     def __init__(
         self,
-        store: JournalStore,
+        store: CallWrites,
         call_id: str | None,
         *,
         deliverer: OutboxDeliverer | None = None,

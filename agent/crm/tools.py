@@ -14,6 +14,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -41,10 +42,14 @@ from agent.crm.validation import (
     parse_day,
     parse_start_time,
     parse_timezone,
+    plain_name,
+    plain_tag,
+    plain_text,
 )
 from agent.journal import outbox
+from agent.journal.call_journal import CallWrites
 from agent.journal.deliverer import OutboxDeliverer
-from agent.journal.store import JournalStore, NewOutboxItem
+from agent.journal.store import NewOutboxItem
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +80,7 @@ class CrmTools(llm.Toolset):
         self,
         *,
         client: GhlClient,
-        store: JournalStore,
+        store: CallWrites,
         call_id: str,
         calendar_id: str | None,
         timezone: str,
@@ -144,7 +149,10 @@ class CrmTools(llm.Toolset):
         self.contact = contact
         self.store.begin_call(self.call_id)
         self.store.update_call_info(
-            self.call_id, contact_id=contact.id, name=contact.display_name, email=contact.email
+            self.call_id,
+            contact_id=contact.id,
+            name=plain_name(contact.display_name) or None,
+            email=plain_text(contact.email) or None,
         )
 
     def _ref(self) -> dict[str, str]:
@@ -158,12 +166,11 @@ class CrmTools(llm.Toolset):
             name=info.get("name"),
         )
 
-    def _queue(self, item: NewOutboxItem) -> int | None:
+    def _queue(self, item: NewOutboxItem) -> None:
         self.store.begin_call(self.call_id)
-        item_id = self.store.enqueue(self.call_id, item)
+        self.store.enqueue(self.call_id, item)
         if self.deliverer is not None:
             self.deliverer.wake()
-        return item_id
 
     # -- tools -----------------------------------------------------------------------------
     @function_tool
@@ -193,11 +200,13 @@ class CrmTools(llm.Toolset):
         # only the caller's own record becomes "the caller" (their transcript lands there)
         if (e164 and e164 == self.caller_phone) or (self.contact is None and not self.caller_phone):
             self._remember(contact)
-        bits = [contact.display_name or "name unknown"]
+        # what GHL holds is repeated to the caller: only plain text, never markup or controls
+        bits = [plain_name(contact.display_name) or "name unknown"]
         if contact.email:
-            bits.append(f"email {contact.email}")
-        if contact.tags:
-            bits.append("tags: " + ", ".join(contact.tags))
+            bits.append(f"email {plain_text(contact.email)}")
+        tags = [t for t in (plain_tag(t) for t in contact.tags) if t]
+        if tags:
+            bits.append("tags: " + ", ".join(tags))
         return "Found the customer: " + "; ".join(bits) + "."
 
     @function_tool
@@ -396,11 +405,9 @@ class CrmTools(llm.Toolset):
                 found = await self._check_booked(contact_id, start)
                 if found is not None:
                     return self._booked(found, when)
-            item_id = self._queue(
-                outbox.book_appointment(ref, calendar_id=self.calendar_id, start=start)
-            )
-            if item_id is not None and e.maybe_applied:
-                self.store.mark_maybe_sent(item_id, True)  # the deliverer looks before sending
+            item = outbox.book_appointment(ref, calendar_id=self.calendar_id, start=start)
+            # when the attempt may have landed, the deliverer looks before sending
+            self._queue(replace(item, maybe_sent=e.maybe_applied))
             log.warning(
                 "booking queued after a failed attempt", error=str(e), maybe_applied=e.maybe_applied
             )

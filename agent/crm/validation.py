@@ -3,10 +3,19 @@
 The LLM fills tool arguments from what a caller said, so bad values are normal, not
 exceptional. Each check raises :class:`InvalidArgumentError` whose message is a short sentence the
 LLM can relay to the caller ("that number seems to be missing a digit"), never a stack trace.
+
+Text is made plain before it goes to GHL and before the agent repeats it (:func:`plain_text`):
+control characters, bidi overrides and invisible format characters (which make "Ann" display as
+something else, or hide text from the person reading the CRM), HTML/SSML tags and entities
+(which GHL's UI or our TTS would interpret) and Markdown emphasis (which a voice would read out
+as "asterisk") are removed. Names and tags then keep only the characters they can have.
 """
 
 from __future__ import annotations
 
+import html
+import re
+import unicodedata
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,6 +30,55 @@ MAX_NOTE_CHARS = 5000
 
 class InvalidArgumentError(ValueError):
     """A tool argument the caller must correct; ``str(e)`` is safe to say aloud."""
+
+
+_KEEP_FORMAT = {"\u200c", "\u200d"}  # zero-width (non-)joiners: part of Persian, Hindi, emoji
+_LINE_BREAKS = "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_ANSI = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-_])")
+_TAG = re.compile(r"<\s*/?\s*[A-Za-z!?][^<>]{0,1000}>")
+_MD_LINK = re.compile(r"\[([^\]]{0,200})\]\([^)]{0,2000}\)")
+_MD_EMPHASIS = re.compile(r"[*`]+|(?<!\w)_{1,3}|_{1,3}(?!\w)|~~")
+_MD_HEADING = re.compile(r"^\s*(?:#{1,6}|>+)\s*", re.MULTILINE)
+
+
+def plain_text(raw: str | None, *, multiline: bool = False) -> str:
+    """``raw`` without control/bidi/invisible characters, markup or Markdown; whitespace
+    collapsed (line breaks kept when ``multiline``)."""
+    text = _ANSI.sub("", unicodedata.normalize("NFKC", raw or ""))
+    text = html.unescape(html.unescape(text))  # "&amp;lt;b&amp;gt;" is markup too
+    text = _MD_LINK.sub(r"\1", _TAG.sub(" ", text))
+    kept: list[str] = []
+    for ch in text:
+        if ch in _LINE_BREAKS:
+            kept.append("\n" if multiline else " ")
+        elif ch == "\t":
+            kept.append(" ")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") and ch not in _KEEP_FORMAT:
+            continue  # controls, bidi overrides/isolates, BOM, soft hyphen, private use
+        else:
+            kept.append(ch)
+    text = _MD_EMPHASIS.sub("", _MD_HEADING.sub("", "".join(kept)))
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    if not multiline:
+        return " ".join(line for line in lines if line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _only(text: str, allowed: str) -> str:
+    """Keep letters, combining marks and the ``allowed`` punctuation."""
+    out = "".join(
+        ch if unicodedata.category(ch)[0] in "LM" or ch in allowed else " " for ch in text
+    )
+    return " ".join(out.split())
+
+
+def plain_name(raw: str | None) -> str:
+    """A person's name as it can be said and stored: letters, spaces, apostrophes, hyphens, periods."""
+    return _only(plain_text(raw), " '\u2019-.")
+
+
+def plain_tag(raw: str | None) -> str:
+    return _only(plain_text(raw).lower(), " -_0123456789")
 
 
 def normalize_phone(raw: str, *, default_region: str = "US") -> str:
@@ -116,7 +174,7 @@ def parse_day(raw: str | None, tz: ZoneInfo, *, now: datetime) -> datetime:
 
 
 def clean_tags(tags: list[str]) -> list[str]:
-    out = list(dict.fromkeys(t.strip().lower() for t in tags if t and t.strip()))
+    out = list(dict.fromkeys(t for t in (plain_tag(t) for t in tags if t) if t))
     if not out:
         raise InvalidArgumentError("There was no tag to add.")
     if len(out) > MAX_TAGS or any(len(t) > MAX_TAG_LEN for t in out):
@@ -127,7 +185,7 @@ def clean_tags(tags: list[str]) -> list[str]:
 
 
 def clean_text(text: str, *, what: str, limit: int = MAX_NOTE_CHARS) -> str:
-    value = (text or "").strip()
+    value = plain_text(text, multiline=True)
     if not value:
         raise InvalidArgumentError(f"The {what} was empty.")
     if len(value) > limit:
@@ -136,7 +194,7 @@ def clean_text(text: str, *, what: str, limit: int = MAX_NOTE_CHARS) -> str:
 
 
 def split_name(name: str | None) -> dict[str, str]:
-    value = " ".join((name or "").split())
+    value = plain_name(name)
     if not value:
         return {}
     if len(value) > 100:

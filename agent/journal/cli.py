@@ -3,8 +3,18 @@
     journal [--data-dir DIR] list            calls, records and outbox states (no key needed)
     journal [--data-dir DIR] show CALL_ID    the decrypted transcript and outbox (needs the key)
     journal [--data-dir DIR] outbox          every outbox item with its state and last error
+    journal [--data-dir DIR] quarantine      damaged items set aside (no key needed)
+    journal [--data-dir DIR] rekey           re-encrypt under $ENCRYPTION_KEY_NEW (crash-safe)
 
-The key is read from the environment variable named by ``--key-env`` (default ENCRYPTION_KEY).
+The key is read from the environment variable named by ``--key-env`` (default ENCRYPTION_KEY);
+a journal written under ENCRYPTION_KEY_PREVIOUS is read with it too.
+
+Rotating the key: either run ``journal rekey`` with the old key in ENCRYPTION_KEY and the new
+one in ENCRYPTION_KEY_NEW, then set ENCRYPTION_KEY to the new key; or set ENCRYPTION_KEY to the
+new key and ENCRYPTION_KEY_PREVIOUS to the old one and restart: the first process to open the
+journal re-encrypts it. Either way it is one SQLite transaction, so a crash leaves the journal
+wholly under one key, and records a process still running with the old key writes later are
+read with ENCRYPTION_KEY_PREVIOUS.
 """
 
 from __future__ import annotations
@@ -38,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="decrypted transcript of one call")
     show.add_argument("call_id")
     sub.add_parser("outbox", help="every CRM write and its state")
+    sub.add_parser("quarantine", help="damaged items set aside so everything else is delivered")
+    rekey = sub.add_parser("rekey", help="re-encrypt the journal under a new key (crash-safe)")
+    rekey.add_argument(
+        "--new-key-env", default="ENCRYPTION_KEY_NEW", help="variable holding the new key"
+    )
     return p
 
 
@@ -61,11 +76,27 @@ def _list_without_key(
     return [(c, s, e, r, n, states.get(c, {})) for c, s, e, r, n in calls]
 
 
+def _quarantine_without_key(path: Path) -> list[tuple[int, str, str, str | None, str, float]]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        has = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='quarantine'"
+        ).fetchone()
+        if not has:
+            return []
+        return list(
+            db.execute("SELECT id, what, ref, call_id, reason, at FROM quarantine ORDER BY id")
+        )
+    finally:
+        db.close()
+
+
 def run(
     argv: Sequence[str] | None = None,
     *,
     data_dir: str | Path | None = None,
     encryption_key: str | None = None,
+    previous_keys: Sequence[str] | None = None,
 ) -> int:
     """``argv`` are the words after ``journal``. ``data_dir`` / ``encryption_key`` let the main
     CLI pass validated settings (a key read from ``.env`` is not in ``os.environ``); the
@@ -94,16 +125,32 @@ def run(
             )
             if reason and ended:
                 print(f"{'':<36} ended: {reason}")
+        quarantined = _quarantine_without_key(path)
+        if quarantined:
+            print(f"{len(quarantined)} damaged item(s) quarantined: see `journal quarantine`")
+        return 0
+    if command == "quarantine":
+        quarantined = _quarantine_without_key(path)
+        if not quarantined:
+            print("nothing quarantined")
+            return 0
+        for qid, what, ref, q_call, why, at in quarantined:
+            print(f"#{qid:<5} {_ts(at)}  {what:<7} call {q_call or '-'}  {ref}  ({why})")
         return 0
     if not key:
         print(f"{args.key_env} is not set: it is needed to decrypt the journal", file=sys.stderr)
         return 2
+    previous = list(previous_keys) if previous_keys is not None else []
+    if not previous and os.environ.get("ENCRYPTION_KEY_PREVIOUS"):
+        previous = [os.environ["ENCRYPTION_KEY_PREVIOUS"]]
     try:
-        store = JournalStore(path, key)
+        store = JournalStore(path, key, previous_keys=previous)
     except JournalKeyError as e:
         print(str(e), file=sys.stderr)
         return 2
     try:
+        if command == "rekey":
+            return _rekey(store, args.new_key_env)
         if command == "show":
             return _show(store, args.call_id)
         for item in store.outbox():
@@ -121,6 +168,25 @@ def run(
         return 3
     finally:
         store.close()
+
+
+def _rekey(store: JournalStore, new_key_env: str) -> int:
+    new_key = os.environ.get(new_key_env)
+    if not new_key:
+        print(f"{new_key_env} is not set: it must hold the new 32-character key", file=sys.stderr)
+        return 2
+    try:
+        counts = store.rekey(new_key)
+    except JournalKeyError as e:
+        print(f"{new_key_env}: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"journal re-encrypted under {new_key_env}: {counts['calls']} calls, "
+        f"{counts['records']} records, {counts['outbox']} outbox items. Now set ENCRYPTION_KEY "
+        "to the new key (and ENCRYPTION_KEY_PREVIOUS to the old one while processes started "
+        "with it still run)."
+    )
+    return 0
 
 
 def _show(store: JournalStore, call_id: str) -> int:

@@ -9,7 +9,12 @@
   that flag (a lost answer, a 5xx, or a crash mid-request) is first looked up in GHL (the note's
   reference line, the appointment's calendar and start) and only sent if it is not there.
 * A lease in the journal keeps two processes from sending the same item at once.
-* Calls whose process died are closed here and their transcripts queued (crash recovery).
+* Calls whose owner is gone (lease expired, or process dead) are closed here and their
+  transcripts queued (crash recovery), whatever host they ran on; calls spooled because their
+  journal was unwritable are imported first.
+* Nothing blocks the outbox: a damaged item is quarantined by the store, a malformed one here,
+  a call that cannot be finished is logged and retried next pass, and every other item is sent.
+  A journal that fails as a whole is logged once per fault (and when it recovers) and counted.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,8 +40,10 @@ from agent.crm.errors import (
 )
 from agent.crm.ghl_client import BACKGROUND, CallPolicy, GhlClient
 from agent.crm.validation import split_name
-from agent.journal import outbox
-from agent.journal.finish import finish_call
+from agent.journal import outbox, spool
+from agent.journal.call_journal import JOURNAL_FAULTS
+from agent.journal.finish import RECOVERED_REASON, finish_call
+from agent.journal.metrics import FAULTS
 from agent.journal.store import JournalStore, OutboxItem
 
 log = structlog.get_logger(__name__)
@@ -52,6 +60,8 @@ class PassReport:
     failed: int = 0
     waiting: int = 0  # pending but not yet due (or blocked behind an earlier item)
     recovered_calls: int = 0
+    imported_spools: int = 0
+    quarantined: int = 0
     next_due_at: float | None = None
 
 
@@ -68,6 +78,7 @@ class OutboxDeliverer:
         auth_pause_s: float = 60.0,
         rng: random.Random | None = None,
         policy: CallPolicy = BACKGROUND,
+        spool_dirs: list[Path] | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -83,6 +94,10 @@ class OutboxDeliverer:
         self._paused_until = 0.0
         self._pass_lock = asyncio.Lock()
         self.idle = asyncio.Event()
+        self.spool_dirs = (
+            spool_dirs if spool_dirs is not None else spool.spool_dirs(store.path.parent)
+        )
+        self._fault: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,9 +119,14 @@ class OutboxDeliverer:
         while True:
             try:
                 report = await self.deliver_once()
+            except JOURNAL_FAULTS as e:
+                self._journal_failed(e)
+                report = PassReport()
             except Exception:
                 log.exception("outbox pass failed; retrying")
                 report = PassReport()
+            else:
+                self._journal_recovered()
             now = time.time()
             delay = self.poll_interval_s
             if report.next_due_at is not None:
@@ -123,8 +143,16 @@ class OutboxDeliverer:
         """Deliver until nothing is pending or ``timeout_s`` passes; True when all done."""
         deadline = time.monotonic() + timeout_s
         while True:
-            await self.deliver_once()
-            pending = self.store.pending()
+            try:
+                await self.deliver_once()
+                pending = self.store.pending()
+            except JOURNAL_FAULTS as e:  # e.g. the disk is full: keep trying until the deadline
+                self._journal_failed(e)
+                if deadline - time.monotonic() <= 0:
+                    return False
+                await asyncio.sleep(self.poll_interval_s)
+                continue
+            self._journal_recovered()
             if not pending:
                 return True
             now = time.time()
@@ -139,13 +167,41 @@ class OutboxDeliverer:
         async with self._pass_lock:
             return await self._pass()
 
+    def _journal_failed(self, error: BaseException) -> None:
+        FAULTS.labels(operation="deliver").inc()
+        reason = f"{type(error).__name__}: {error}"
+        if self._fault is None:
+            log.error(
+                "JOURNAL FAULT: the outbox cannot be read or updated; delivery resumes when "
+                "the journal works again",
+                path=str(self.store.path),
+                error=reason,
+            )
+        self._fault = reason
+
+    def _journal_recovered(self) -> None:
+        if self._fault is not None:
+            log.warning("journal works again: delivery resumed", after=self._fault)
+            self._fault = None
+
     async def _pass(self) -> PassReport:
         report = PassReport()
-        for call_id in self.store.unfinished_calls_of_dead_owners():
-            if finish_call(self.store, call_id, reason="recovered after the call's process died"):
-                report.recovered_calls += 1
+        report.imported_spools = spool.import_all(self.store, self.spool_dirs, self.store.read_keys)
+        for call_id in self.store.abandoned_calls():
+            try:
+                if finish_call(self.store, call_id, reason=RECOVERED_REASON):
+                    report.recovered_calls += 1
+            except JOURNAL_FAULTS:
+                raise
+            except Exception:  # one call's bug must not stop the others' delivery
+                log.exception("could not finish an abandoned call; next pass", call_id=call_id)
         blocked: set[str] = set()
         for item in self.store.pending():
+            problem = outbox.malformed(item.op, item.payload)
+            if problem is not None:
+                self.store.quarantine_item(item, problem)
+                report.quarantined += 1
+                continue
             now = time.time()
             key = item.call_id or item.uid
             if key in blocked or item.next_attempt_at > now or self._paused_until > now:

@@ -9,6 +9,8 @@ from agent.journal.store import JournalStore, NewOutboxItem
 
 log = structlog.get_logger(__name__)
 
+RECOVERED_REASON = "recovered after the call's owner was gone"
+
 
 def finish_call(
     store: JournalStore, call_id: str, *, reason: str, usage_summary: str | None = None

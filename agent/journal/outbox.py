@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.crm.validation import plain_text
 from agent.journal.store import NewOutboxItem, Record
 
 UPSERT_CONTACT = "upsert_contact"
@@ -19,6 +20,27 @@ ADD_TAGS = "add_tags"
 ADD_NOTE = "add_note"
 BOOK_APPOINTMENT = "book_appointment"
 OPS = (UPSERT_CONTACT, ADD_TAGS, ADD_NOTE, BOOK_APPOINTMENT)
+
+
+def malformed(op: str, payload: dict[str, Any]) -> str | None:
+    """Why an item (which decrypted fine) can never be sent as it is, or None when it can."""
+    if op not in OPS:
+        return f"unknown outbox operation {op!r}"
+    needs: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
+        UPSERT_CONTACT: (("fields", dict), ("tags", list)),
+        ADD_TAGS: (("contact", dict), ("tags", list)),
+        ADD_NOTE: (("contact", dict), ("body", str)),
+        BOOK_APPOINTMENT: (("contact", dict), ("calendar_id", str), ("start", str)),
+    }
+    for name, kind in needs[op]:
+        if not isinstance(payload.get(name), kind):
+            return f"{op} item has no valid {name!r}"
+    if op == BOOK_APPOINTMENT:
+        try:
+            datetime.fromisoformat(payload["start"])
+        except ValueError:
+            return f"book_appointment item has an unreadable start {payload['start']!r}"
+    return None
 
 
 def contact_ref(
@@ -74,7 +96,7 @@ def transcript_lines(records: list[Record]) -> list[str]:
         if r.kind != "message":
             continue
         speaker = _SPEAKERS.get(str(r.data.get("role")))
-        text = str(r.data.get("text") or "").strip()
+        text = plain_text(str(r.data.get("text") or ""))  # one clean line per utterance
         if speaker and text:
             suffix = " [interrupted]" if r.data.get("interrupted") else ""
             lines.append(f"{speaker}: {text}{suffix}")

@@ -1,14 +1,20 @@
-"""Which process owns a call, and whether that process is still alive.
+"""Who owns a call, and when another process may take its end-of-call work over.
 
-A call whose owner died (SIGKILL, OOM, power loss) never got its end-of-call work done; the
-next deliverer finds it by this token and finishes it. The token includes the process start
-time so a recycled pid is not mistaken for the original process.
+Ownership is a lease: the call's process renews ``lease_until`` in the journal while the call
+runs, and any deliverer on any host that shares the journal (a recreated container on the same
+volume, another replica) finishes a call whose lease has expired. A process-id check is only a
+shortcut: when the owner ran in *this* pid namespace of *this* boot and that process is gone
+(SIGKILL, OOM), the call is recovered at once instead of after the lease. Two containers that
+share a hostname have different pid namespaces, so one never declares the other's calls dead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+
+CALL_LEASE_S = 15.0  # a call's lease; its process renews it every third of that
 
 
 def _start_ticks(pid: int) -> str | None:
@@ -23,29 +29,33 @@ def _start_ticks(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else "?"
 
 
+def _namespace() -> str:
+    """This boot and pid namespace: where a pid means the same process."""
+    parts = []
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            parts.append(f.read().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        return "?"
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:12]
+
+
 def current_owner() -> str:
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or '?'}"
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or '?'}:{_namespace()}"
 
 
-def owner_alive(owner: str | None) -> bool | None:
-    """True/False for an owner on this host; None when it lives on another host (unknown)."""
+def owner_gone_here(owner: str | None) -> bool:
+    """True only when ``owner`` provably ran in this namespace and is no longer running."""
     if not owner:
         return False
     try:
-        host, pid_s, ticks = owner.rsplit(":", 2)
+        _host, pid_s, ticks, namespace = owner.rsplit(":", 3)
         pid = int(pid_s)
     except ValueError:
+        return False  # an older or foreign token: only its lease can tell
+    if namespace == "?" or namespace != _namespace():
         return False
-    if host != socket.gethostname():
-        return None
-    if os.path.exists("/proc"):
-        now = _start_ticks(pid)
-        return now is not None and (ticks == "?" or now == ticks)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    now = _start_ticks(pid)
+    return now is None or (ticks != "?" and now != ticks)

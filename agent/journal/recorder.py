@@ -4,7 +4,9 @@ Each conversation item, tool execution and provider switch is committed to disk 
 the session reports it, so a process killed mid-call loses nothing already said. At the end
 (``finish()``, or the session's ``close`` event) the transcript is queued for the CRM in the
 same transaction that marks the call ended; if the process dies first, the next deliverer
-does it (:func:`agent.journal.finish.finish_call`).
+does it (:func:`agent.journal.finish.finish_call`). Writes go through a
+:class:`~agent.journal.call_journal.CallJournal`, so a journal that cannot be written holds
+them and nothing here raises into the session or LiveKit's shutdown.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from livekit.agents.voice.events import (
     FunctionToolsExecutedEvent,
 )
 
-from agent.journal.finish import finish_call
+from agent.journal.call_journal import CallJournal
 from agent.journal.store import JournalStore
 
 log = structlog.get_logger(__name__)
@@ -30,25 +32,28 @@ log = structlog.get_logger(__name__)
 class CallRecorder:
     def __init__(
         self,
-        store: JournalStore,
+        journal: CallJournal | JournalStore,
         call_id: str,
         *,
         caller_phone: str | None = None,
         usage_summary: Callable[[], str | None] | None = None,
         on_finished: Callable[[], None] | None = None,
     ) -> None:
-        self.store = store
+        if isinstance(journal, JournalStore):
+            journal = CallJournal.over(journal, call_id)
+        self.journal = journal
         self.call_id = call_id
         self._usage_summary = usage_summary
         self._on_finished = on_finished
         self._finished = False
-        store.begin_call(call_id, {"phone": caller_phone} if caller_phone else {})
+        journal.begin_call(call_id, {"phone": caller_phone} if caller_phone else {})
 
     # -- wiring ----------------------------------------------------------------------------
     def attach(self, session: AgentSession[Any]) -> None:
         session.on("conversation_item_added", self._on_item)
         session.on("function_tools_executed", self._on_tools)
         session.on("close", self._on_close)
+        self.journal.start()  # retries held writes, renews the call's lease
 
     def _on_item(self, ev: ConversationItemAddedEvent) -> None:
         item = ev.item
@@ -94,12 +99,13 @@ class CallRecorder:
         name: str | None = None,
     ) -> None:
         """Remember who the caller is, so the transcript lands on their contact."""
-        self.store.update_call_info(
+        self.journal.update_call_info(
             self.call_id, contact_id=contact_id, phone=phone, email=email, name=name
         )
 
     def finish(self, *, reason: str = "completed", usage_summary: str | None = None) -> None:
-        """Close the call's journal and queue the transcript note (idempotent)."""
+        """Close the call's journal and queue the transcript note (idempotent; never raises:
+        it runs in LiveKit's shutdown, where an exception would only hide the call's end)."""
         if self._finished:
             return
         self._finished = True
@@ -108,14 +114,18 @@ class CallRecorder:
                 usage_summary = self._usage_summary()
             except Exception:
                 log.exception("usage summary failed; transcript sent without it")
-        finish_call(self.store, self.call_id, reason=reason, usage_summary=usage_summary)
+        try:
+            self.journal.finish(reason=reason, usage_summary=usage_summary)
+        except Exception:  # a bug, not a journal fault (those are held): still end the call
+            log.exception("journal finish failed", call_id=self.call_id)
         if self._on_finished is not None:
-            self._on_finished()
+            try:
+                self._on_finished()
+            except Exception:
+                log.exception("on_finished callback failed", call_id=self.call_id)
 
     def _append(self, kind: str, data: dict[str, Any]) -> None:
-        if self._finished:
-            log.warning("journal record after the call ended", call_id=self.call_id, kind=kind)
         try:
-            self.store.append(self.call_id, kind, data)
-        except Exception:  # the call must go on even if the disk is full
+            self.journal.append(self.call_id, kind, data)
+        except Exception:  # a bug, not a journal fault (those are held): the call goes on
             log.exception("journal append failed", call_id=self.call_id, kind=kind)
