@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +210,7 @@ def production_server(
     health: HealthEndpoint | None = None,
     metrics: bool = True,
     journal: JournalFlush | None = None,
+    extra_options: Mapping[str, Any] | None = None,
 ) -> DrainingServer:
     """The worker's ``AgentServer`` with the production options, all from ``settings``: the
     LiveKit URL, key and secret, log level, our load function and threshold, the drain timeout,
@@ -217,6 +218,8 @@ def production_server(
 
     ``health`` serves HEALTH_PORT (see :mod:`agent.readiness`); LiveKit's own health server
     then listens on a port the OS picks. ``metrics=False`` (the console) binds no metrics port.
+    ``extra_options`` are further ``AgentServer`` options (a benchmark on a loaded machine
+    gives job processes longer to prewarm).
     """
     options: dict[str, Any] = {
         "ws_url": settings.livekit_url,
@@ -233,6 +236,7 @@ def production_server(
         # Every job process writes its series there; the worker's /metrics aggregates them.
         options["prometheus_port"] = settings.metrics_port
         options["prometheus_multiproc_dir"] = str(Path(settings.data_dir) / "prometheus")
+    options.update(extra_options or {})
     return DrainingServer(
         journal=journal or JournalFlush(settings), settings=settings, health=health, **options
     )

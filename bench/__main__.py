@@ -11,7 +11,15 @@ import importlib.util
 import subprocess
 import sys
 
-BENCHMARKS = ("local_rtf", "store_admit", "failover", "midstream", "capacity", "own_faults")
+BENCHMARKS = (
+    "local_rtf",
+    "store_admit",
+    "failover",
+    "midstream",
+    "capacity",
+    "own_faults",
+    "chaos",
+)
 
 
 def main() -> int:
