@@ -161,7 +161,9 @@ def check_journal(settings: Settings) -> None:
 
     path = Path(settings.data_dir) / JOURNAL_FILENAME
     try:
-        JournalStore(path, settings.secret("encryption_key")).close()
+        JournalStore(
+            path, settings.secret("encryption_key"), previous_keys=settings.journal_previous_keys()
+        ).close()  # a journal under ENCRYPTION_KEY_PREVIOUS is re-encrypted here
     except JournalKeyError as e:
         raise StartupError(str(e)) from None
     except (sqlite3.Error, OSError) as e:

@@ -510,3 +510,20 @@ async def test_malformed_item_is_quarantined_and_the_next_delivered(
         "add_note item has no valid 'body'",
         "book_appointment item has no valid 'calendar_id'",
     ]
+
+
+def test_worker_start_check_reads_and_reencrypts_a_journal_under_the_previous_key(
+    tmp_path: Path,
+) -> None:
+    from agent.settings import load_settings
+    from agent.startup import StartupError, check_journal
+
+    store = JournalStore.in_dir(tmp_path, KEY)
+    store.begin_call("c", {"phone": PHONE})
+    store.close()
+    with pytest.raises(StartupError, match="ENCRYPTION_KEY_PREVIOUS"):
+        check_journal(load_settings(data_dir=tmp_path, encryption_key=OTHER_KEY))
+    check_journal(
+        load_settings(data_dir=tmp_path, encryption_key=OTHER_KEY, encryption_key_previous=KEY)
+    )
+    assert JournalStore.in_dir(tmp_path, OTHER_KEY).call_info("c") == {"phone": PHONE}
