@@ -1,9 +1,9 @@
 """``GuardedSTT``: any LiveKit STT behind the shared breaker, result deadlines and metering.
 
 A recognize stream lives for a whole call and is silent while the caller is, so "no answer"
-only means something once there is speech to answer: the first-result clock starts at a
-flush (end of an utterance) that follows voiced audio, and a stall is voiced audio that has
-gone unanswered for ``stall_s``. Non-streaming STTs (Whisper) are guarded per ``recognize``
+only means something once there is speech to answer, and is judged by the signs of life this
+provider gives (interim results, or finals at its endpoints): see
+:mod:`plugins.resilience.stall`. Non-streaming STTs (Whisper) are guarded per ``recognize``
 call; the chain wraps the guard in LiveKit's ``StreamAdapter`` with the VAD.
 """
 
@@ -22,9 +22,15 @@ from livekit.agents.utils import AudioBuffer, aio
 
 from plugins.resilience.failures import EmptyResultError
 from plugins.resilience.guard import UNIT_STT, Guard, GuardedPlugin, Pump, deadline_error
+from plugins.resilience.stall import StallWatch
 
 #: RMS (int16) above which a frame counts as voiced; a line's hiss stays well below it.
 VOICED_RMS = 300.0
+#: How often a live stream's deadlines are checked while no event arrives.
+_TICK_S = 0.05
+#: Lateness of a check beyond which the time is our own process's, not the provider's.
+_LAG_TOLERANCE_S = 0.1
+_TICK: Any = object()
 #: Extra time a batch recognize may take per second of audio.
 BATCH_SECONDS_PER_AUDIO_SECOND = 0.25
 
@@ -177,59 +183,54 @@ class GuardedRecognizeStream(stt.RecognizeStream):
     async def _run(self) -> None:
         guard = self._guarded.guard
         async with guard.attempt():
-            first_s = guard.deadline.first_s
-            stall_s = guard.deadline.stall_s
             inner = self._guarded.inner.stream(
                 language=self._language, conn_options=self._inner_conn_options
             )
             inner.start_time_offset = self.start_time_offset
-            audio_s = 0.0
-            audio_at_voiced = 0.0  # audio_s when voiced_since was set
-            voiced_since: float | None = None  # voiced audio not yet answered by any transcript
-            flushed_at: float | None = None  # a flush after voiced audio, not yet answered
-            answered_once = False
+            watch = StallWatch(
+                first_s=guard.deadline.first_s,
+                stall_s=guard.deadline.stall_s,
+                expects_interims=self._guarded.inner.capabilities.interim_results,
+            )
 
             async def forward_input() -> None:
-                nonlocal audio_s, voiced_since, flushed_at, audio_at_voiced
                 async for data in self._input_ch:
                     if isinstance(data, rtc.AudioFrame):
-                        audio_s += data.duration
-                        if voiced_since is None and _rms(data) > VOICED_RMS:
-                            voiced_since = time.perf_counter()
-                            audio_at_voiced = audio_s
+                        watch.on_audio(
+                            time.perf_counter(), data.duration, voiced=_rms(data) > VOICED_RMS
+                        )
                         inner.push_frame(data)
                     else:
-                        if voiced_since is not None and flushed_at is None:
-                            flushed_at = time.perf_counter()
+                        watch.on_flush(time.perf_counter())
                         inner.flush()
-                if voiced_since is not None and flushed_at is None:
-                    flushed_at = time.perf_counter()
+                watch.on_flush(time.perf_counter())
                 inner.end_input()
 
             def overdue() -> Exception | None:
-                now = time.perf_counter()
-                if flushed_at is not None and now - flushed_at >= first_s:
-                    return deadline_error(
-                        guard.key, stalled=answered_once, waited_s=now - flushed_at, limit_s=first_s
-                    )
-                # a provider cannot answer faster than audio arrives: count both clocks
-                if (
-                    voiced_since is not None
-                    and now - voiced_since >= stall_s
-                    and audio_s - audio_at_voiced >= stall_s
-                ):
-                    return deadline_error(
-                        guard.key, stalled=True, waited_s=now - voiced_since, limit_s=stall_s
-                    )
-                return None
+                verdict = watch.overdue(time.perf_counter())
+                if verdict is None:
+                    return None
+                return deadline_error(
+                    guard.key,
+                    stalled=verdict.stalled,
+                    waited_s=verdict.waited_s,
+                    limit_s=verdict.limit_s,
+                )
 
             input_task = asyncio.create_task(forward_input())
             pump: Pump[stt.SpeechEvent] = Pump(inner)
             try:
+                checked = time.perf_counter()
                 while True:
                     try:
-                        ev = await pump.next(0.05)
+                        ev = await pump.next(_TICK_S)
                     except TimeoutError:
+                        ev = _TICK
+                    now = time.perf_counter()
+                    # a tick that came late is time our own process did not run
+                    watch.excuse(now - checked - _TICK_S - _LAG_TOLERANCE_S)
+                    checked = now
+                    if ev is _TICK:
                         if (err := overdue()) is not None:
                             raise err from None
                         continue
@@ -237,25 +238,21 @@ class GuardedRecognizeStream(stt.RecognizeStream):
                         break
                     if ev.type in _TRANSCRIPTS and _text(ev):
                         now = time.perf_counter()
-                        anchor = flushed_at if flushed_at is not None else voiced_since
-                        if ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT:
+                        final = ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT
+                        anchor = watch.waiting_since
+                        watch.on_transcript(now, final=final)
+                        if final:
                             guard.succeeded(None if anchor is None else now - anchor)
-                            voiced_since = None
-                            flushed_at = None
-                        elif voiced_since is not None:
-                            voiced_since = now  # interim: the provider is keeping up
-                            audio_at_voiced = audio_s
-                        answered_once = True
-                    elif ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT and flushed_at is not None:
+                    elif ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT and watch.flushed:
                         # an empty final for voiced audio: the provider heard nothing
                         raise EmptyResultError(
                             f"{guard.key} returned an empty transcript for speech"
                         )
                     self._event_ch.send_nowait(ev)
-                if flushed_at is not None:
+                if watch.flushed:
                     raise EmptyResultError(f"{guard.key} ended without a transcript for speech")
             finally:
                 await aio.cancel_and_wait(input_task)
                 await pump.aclose()
                 await inner.aclose()
-                guard.usage(UNIT_STT, audio_s)
+                guard.usage(UNIT_STT, watch.audio_s)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import io
 import json
+import threading
 import time
 import uuid
 import wave
@@ -29,8 +30,9 @@ import numpy.typing as npt
 import structlog
 from aiohttp import WSMsgType, web
 
-from plugins.local.audio import rms_dbfs
-from plugins.local.sphinx_stt import SphinxEngine
+from plugins.local.audio import resample, rms_dbfs
+from plugins.local.sphinx_stt import SAMPLE_RATE as SPHINX_RATE
+from plugins.local.sphinx_stt import SphinxEngine, contains_speech
 from plugins.sim.fault_schedule import (
     REFUSALS,
     FaultSchedule,
@@ -272,6 +274,83 @@ def transcribe(pcm: Pcm, sample_rate: int) -> str:
     if pcm.size == 0:
         return ""
     return SphinxEngine.shared().transcribe(np.ascontiguousarray(pcm), sample_rate)
+
+
+class PartialDecoder:
+    """One utterance decoded as it arrives, as a streaming recogniser does.
+
+    Deepgram's interim results cost it nothing extra: they are the hypothesis so far of a
+    decoder that has already consumed the audio, and its final is that decoder's last word.
+    Re-transcribing the whole utterance for every interim and again for the final (what a
+    batch engine would do) costs time that grows with the utterance, so a long caller turn on
+    a busy machine got no interim at all, which no real Deepgram does. Audio is fed in short
+    blocks: PocketSphinx holds the GIL while it decodes, and a whole 10 s utterance in one call
+    would freeze every other thread of the process (the agent's event loop, in ``simulate``)
+    for seconds. Blocking; run it in a thread, one call at a time.
+    """
+
+    BLOCK_S = 0.1
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.consumed = 0  # samples of the utterance already fed
+        self._engine = SphinxEngine.shared()
+        self._decoder: Any = None
+        self._lock = threading.Lock()  # a cancelled await leaves its thread running
+        self._closed = False
+        self._voiced = False
+
+    def advance(self, pcm: Pcm) -> str:
+        """Feed ``pcm[consumed:]``; the hypothesis so far ("" before any word)."""
+        with self._lock:
+            if self._closed:
+                return ""
+            self._feed(pcm)
+            return self._hypothesis()
+
+    def finish(self, pcm: Pcm) -> str:
+        """Feed the rest of the utterance and end it: the final transcript."""
+        with self._lock:
+            if self._closed:
+                return ""
+            self._feed(pcm)
+            if self._decoder is not None:
+                self._decoder.end_utt()
+            text = self._hypothesis() if self._voiced else ""
+            self._release()
+            return text
+
+    def close(self) -> None:
+        """Abandon the utterance and give the decoder back."""
+        with self._lock:
+            if self._decoder is not None:
+                with contextlib.suppress(Exception):
+                    self._decoder.end_utt()
+            self._release()
+
+    def _feed(self, pcm: Pcm) -> None:
+        fresh = pcm[self.consumed :]
+        self.consumed = pcm.size
+        if self._decoder is None:
+            self._decoder = self._engine.acquire()
+            self._decoder.start_utt()
+        if not fresh.size:
+            return
+        audio = resample(np.ascontiguousarray(fresh), self.sample_rate, SPHINX_RATE)
+        self._voiced = self._voiced or contains_speech(audio)
+        block = round(SPHINX_RATE * self.BLOCK_S)
+        for i in range(0, audio.size, block):
+            self._decoder.process_raw(audio[i : i + block].tobytes(), full_utt=False)
+
+    def _hypothesis(self) -> str:
+        hyp = self._decoder.hyp() if self._decoder is not None else None
+        return str(hyp.hypstr).strip() if hyp is not None else ""
+
+    def _release(self) -> None:
+        self._closed = True
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            self._engine.release(decoder)
 
 
 def alternative(
@@ -533,8 +612,10 @@ class _LiveSocket:
         hangover = max(sim.min_endpoint_s, (opts.endpointing_ms or 0) / 1000)
         self._endpointer = EnergyEndpointer(opts.sample_rate, hangover_s=hangover)
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
-        self._busy = False
         self._last_interim = 0.0
+        self._interim_queued = False  # one interim waits at most: they are snapshots
+        self._partial: PartialDecoder | None = None
+        self._partial_of: Utterance | None = None
         self._actor: StreamActor[str] | None = None
         self._send_lock = asyncio.Lock()
         self._model = _model_info(opts.model)
@@ -548,6 +629,7 @@ class _LiveSocket:
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
+            await self._drop_partial()
 
     # -- input ---------------------------------------------------------------------------
     async def _read_loop(self) -> None:
@@ -588,10 +670,11 @@ class _LiveSocket:
             self._opts.interim_results
             and current is not None
             and self._endpointer.time - self._last_interim >= self._sim.interim_every_s
-            and not self._busy
-            and self._jobs.empty()
+            and not self._interim_queued
         ):
+            # paced by the audio, like Deepgram's (about one per second of speech)
             self._last_interim = self._endpointer.time
+            self._interim_queued = True
             self._jobs.put_nowait(_Job("interim", utterance=current, pcm=current.pcm()))
 
     def _on_control(self, raw: str) -> bool:
@@ -620,12 +703,10 @@ class _LiveSocket:
         try:
             while True:
                 job = await self._jobs.get()
-                self._busy = True
-                try:
-                    if not await self._handle(job):
-                        return
-                finally:
-                    self._busy = False
+                if job.kind == "interim":
+                    self._interim_queued = False
+                if not await self._handle(job):
+                    return
         except (StreamStoppedError, ConnectionError):
             return
         except Exception:
@@ -641,14 +722,14 @@ class _LiveSocket:
         if job.kind == "interim" and job.utterance is not None and job.pcm is not None:
             if self._actor is not None:
                 await self._actor.fire_if_due()
-                text = await self._transcript(job.pcm)
+                text = await self._transcript(job.utterance, job.pcm, final=False)
                 await self._actor.send(self._results(job.utterance, text, is_final=False))
             return True
         if job.kind == "final" and job.utterance is not None:
             utt = job.utterance
             actor = self._actor or self._plain_actor()
             await actor.finish()
-            text = await self._transcript(utt.pcm())
+            text = await self._transcript(utt, utt.pcm(), final=True)
             await actor.send(
                 self._results(
                     utt,
@@ -728,11 +809,25 @@ class _LiveSocket:
         await self._ws.close(code=code, message=reason.encode()[:120])
         raise StreamStoppedError(f"closed with {code}")
 
-    async def _transcript(self, pcm: Pcm) -> str:
+    async def _transcript(self, utt: Utterance, pcm: Pcm, *, final: bool) -> str:
+        """The hypothesis for ``utt`` so far (or its final): only audio not yet heard is decoded."""
         fault = self._actor.fault if self._actor is not None else None
+        if self._partial_of is not utt:
+            await self._drop_partial()
+            self._partial, self._partial_of = PartialDecoder(self._opts.sample_rate), utt
+        partial = self._partial
+        assert partial is not None
+        if final:
+            self._partial = self._partial_of = None
         if fault is not None and fault.type in (FaultType.EMPTY, FaultType.SILENT):
+            await asyncio.to_thread(partial.close)
             return ""
-        return await asyncio.to_thread(transcribe, pcm, self._opts.sample_rate)
+        return await asyncio.to_thread(partial.finish if final else partial.advance, pcm)
+
+    async def _drop_partial(self) -> None:
+        partial, self._partial, self._partial_of = self._partial, None, None
+        if partial is not None:
+            await asyncio.to_thread(partial.close)
 
     async def _send_text(self, text: str) -> None:
         async with self._send_lock:

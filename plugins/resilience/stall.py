@@ -1,0 +1,137 @@
+"""When a live recognize stream has stopped listening: judged by the provider's own signs of life.
+
+A recognize stream lives for a whole call and is silent while the caller is, so silence from
+the provider only means something once there is speech it should have answered, and *how soon*
+it should have answered depends on what this provider sends while it listens:
+
+- A provider that sends interim results (Deepgram and Google by default) shows life about once
+  a second while the caller speaks. Voiced audio unanswered by any transcript for ``stall_s``
+  (on the wall clock *and* in audio received: a provider cannot answer audio it has not been
+  sent) means the stream has stalled.
+- A provider that sends no interim results (Deepgram with ``interim_results=False``, most
+  self-hosted recognisers) is silent for as long as the caller talks; its sign of life is the
+  final transcript at its own endpoint, when the caller pauses. It is judged by that: voiced
+  audio, then ``stall_s`` of the caller's silence with no transcript, is a stall. While the
+  caller keeps talking it is still listening, up to a ceiling of ``LISTEN_CEILING_FACTOR x
+  stall_s`` of unanswered speech (no recogniser holds back a final that long).
+
+What a provider sends is known from its declared capabilities and confirmed by the stream: a
+provider that declared no interims but sends them is judged as an interim sender from then on.
+
+Time our own process could not run (a starved event loop, a CPU-bound neighbour) is not the
+provider's: :meth:`StallWatch.excuse` moves every clock forward by it, so a busy machine does
+not fail over a provider whose answers were waiting, unread, in our own socket buffer.
+
+Separately, a flush (the end of input, or LiveKit's manual flush) that follows unanswered voiced
+audio must be answered within the first-result deadline ``first_s``.
+
+This is a pure state machine over an explicit clock (``now`` is passed in), so every rule is
+tested with a fake clock; :class:`~plugins.resilience.guard_stt.GuardedRecognizeStream` feeds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: A provider without interim results may hold back its final while the caller keeps talking,
+#: but not for longer than this many stall windows (15 s with the default 3 s).
+LISTEN_CEILING_FACTOR = 5.0
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """What the provider failed to answer in time."""
+
+    stalled: bool  # True: a stall mid-stream; False: no first result after a flush
+    waited_s: float
+    limit_s: float
+    why: str
+
+
+class StallWatch:
+    """Follows one recognize stream's audio and transcripts; :meth:`overdue` gives the verdict."""
+
+    def __init__(self, *, first_s: float, stall_s: float, expects_interims: bool) -> None:
+        if first_s <= 0 or stall_s <= 0:
+            raise ValueError(f"deadlines must be > 0 (first {first_s}s, stall {stall_s}s)")
+        self.first_s = first_s
+        self.stall_s = stall_s
+        self.sends_interims = expects_interims
+        self.audio_s = 0.0  # audio received so far
+        self.answered_once = False
+        self._unanswered_at: float | None = None  # wall time voiced audio began unanswered
+        self._unanswered_audio = 0.0  # audio_s then
+        self._quiet_at: float | None = None  # the caller fell silent after unanswered speech
+        self._quiet_audio = 0.0
+        self._flushed_at: float | None = None  # a flush after unanswered speech
+
+    @property
+    def waiting_since(self) -> float | None:
+        """Where a first-result latency is measured from (the flush, else the speech)."""
+        return self._flushed_at if self._flushed_at is not None else self._unanswered_at
+
+    @property
+    def flushed(self) -> bool:
+        return self._flushed_at is not None
+
+    def on_audio(self, now: float, duration_s: float, *, voiced: bool) -> None:
+        self.audio_s += duration_s
+        if voiced:
+            if self._unanswered_at is None:
+                self._unanswered_at = now
+                self._unanswered_audio = self.audio_s
+            self._quiet_at = None
+        elif self._unanswered_at is not None and self._quiet_at is None:
+            self._quiet_at = now
+            self._quiet_audio = self.audio_s
+
+    def excuse(self, lost_s: float) -> None:
+        """``lost_s`` of wall time our own process did not run: no provider owed an answer in it."""
+        if lost_s <= 0:
+            return
+        if self._unanswered_at is not None:
+            self._unanswered_at += lost_s
+        if self._quiet_at is not None:
+            self._quiet_at += lost_s
+        if self._flushed_at is not None:
+            self._flushed_at += lost_s
+
+    def on_flush(self, now: float) -> None:
+        if self._unanswered_at is not None and self._flushed_at is None:
+            self._flushed_at = now
+
+    def on_transcript(self, now: float, *, final: bool) -> None:
+        """A non-empty transcript: the provider has answered what it was sent so far."""
+        self.answered_once = True
+        if final:
+            self._unanswered_at = None
+            self._quiet_at = None
+            self._flushed_at = None
+            return
+        self.sends_interims = True
+        if self._unanswered_at is not None:  # keeping up: the clock restarts from here
+            self._unanswered_at = now
+            self._unanswered_audio = self.audio_s
+            self._quiet_at = None
+
+    def overdue(self, now: float) -> Overdue | None:
+        if self._flushed_at is not None and now - self._flushed_at >= self.first_s:
+            return Overdue(
+                self.answered_once, now - self._flushed_at, self.first_s, "no result after flush"
+            )
+        if self._unanswered_at is None:
+            return None
+        speech_wall = now - self._unanswered_at
+        speech_audio = self.audio_s - self._unanswered_audio
+        if self.sends_interims:
+            if speech_wall >= self.stall_s and speech_audio >= self.stall_s:
+                return Overdue(True, speech_wall, self.stall_s, "no interim result for speech")
+            return None
+        if self._quiet_at is not None:
+            quiet_wall = now - self._quiet_at
+            if quiet_wall >= self.stall_s and self.audio_s - self._quiet_audio >= self.stall_s:
+                return Overdue(True, quiet_wall, self.stall_s, "no final after the caller paused")
+        ceiling = self.stall_s * LISTEN_CEILING_FACTOR
+        if speech_wall >= ceiling and speech_audio >= ceiling:
+            return Overdue(True, speech_wall, ceiling, "no result for a long stretch of speech")
+        return None
