@@ -1,9 +1,22 @@
 """The health log beside each call: what an operator reads to know why a call sounded as it did.
 
-At start it logs each slot's chain (``TTS: cartesia → local-tts → elevenlabs → free-tts``), then
-every failure and switch as it happens (``TTS provider cartesia failed: 402 Payment Required``,
-``Falling back to TTS provider: local-tts``), and on an interval a status table per slot from
-the shared health store. Lines are structlog events: readable in dev, JSON in production.
+The seed's lines, in this order::
+
+    🔧 Provider Manager initialized:
+      TTS: cartesia → local-tts → elevenlabs → free-tts
+      STT: deepgram → google → whisper → free-stt
+      LLM: openrouter → openai → google → free-llm
+    🔊 Using TTS provider: cartesia            (🎤 STT, 🧠 LLM; at start and after each switch)
+    ❌ TTS provider cartesia failed: 402 Payment Required
+    🔄 Falling back to TTS provider: local-tts
+    📊 Provider Health Status:                 (every HEALTH_CHECK_INTERVAL, and at the end)
+      TTS: cartesia (failed) → local-tts (active) → elevenlabs (available) → free-tts (available)
+
+Each line is one structlog event: the readable line is its message (what ``dev`` and
+``console`` show) and everything in it is also a field (``health_event``, ``slot``,
+``provider``, ``chain``, ``status``...), so JSON logs (``start``) are queried by field, never
+by parsing the text. The detailed table (success rate, latency, credit, last error) is
+``python -m agent status``.
 """
 
 from __future__ import annotations
@@ -14,7 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import structlog
 
-from plugins.observability.health_view import health_row, render_table
+from plugins.observability.health_view import chain_status, compact_state, health_row
 from plugins.observability.switches import SwitchEvent
 from plugins.resilience.types import (
     Admission,
@@ -25,6 +38,10 @@ from plugins.resilience.types import (
 )
 
 log = structlog.get_logger("health")
+
+#: The seed's order of slots in the health log.
+SLOT_ORDER = ("tts", "stt", "llm")
+SLOT_ICON = {"tts": "🔊", "stt": "🎤", "llm": "🧠"}
 
 _HTTP_REASONS = {
     400: "Bad Request",
@@ -46,9 +63,7 @@ def describe_failure(failure: Failure) -> str:
     """``402 Payment Required`` for HTTP failures, the classified message otherwise."""
     if failure.status:
         reason = _HTTP_REASONS.get(failure.status, "")
-        head = f"{failure.status} {reason}".strip()
-        kind = failure.kind.value.replace("_", " ")
-        return f"{head} ({kind})"
+        return f"{failure.status} {reason}".strip()
     return failure.message or failure.kind.value.replace("_", " ")
 
 
@@ -73,9 +88,31 @@ class HealthLogger:
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        for slot, names in self._chains.items():
-            self._log.info(f"{slot.upper()}: {' → '.join(names)}", slot=slot, chain=names)
+        slots = self._slots()
+        lines = [f"  {slot.upper()}: {' → '.join(self._chains[slot])}" for slot in slots]
+        self._log.info(
+            "\n".join(["🔧 Provider Manager initialized:", *lines]),
+            health_event="chains",
+            chains={slot: self._chains[slot] for slot in slots},
+        )
+        for slot in slots:
+            if self._chains[slot]:
+                self._using(slot, self._chains[slot][0])
         self._task = asyncio.create_task(self._periodic(), name="health-logger")
+
+    def _slots(self) -> list[str]:
+        known = [slot for slot in SLOT_ORDER if slot in self._chains]
+        return known + [slot for slot in self._chains if slot not in SLOT_ORDER]
+
+    def _using(self, slot: str, provider: str) -> None:
+        self._active[slot] = provider
+        icon = SLOT_ICON.get(slot, "•")
+        self._log.info(
+            f"{icon} Using {slot.upper()} provider: {provider}",
+            health_event="using",
+            slot=slot,
+            provider=provider,
+        )
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -93,24 +130,34 @@ class HealthLogger:
                 self._log.exception("health status table failed")
 
     async def log_status(self) -> None:
+        """The compact status: one line per slot, the chain with each provider's state."""
         wanted = {f"{slot}:{name}" for slot, names in self._chains.items() for name in names}
         healths = {h.key: h for h in await self._store.all_health() if h.key in wanted}
-        for slot, names in self._chains.items():
-            # The floor is never guarded, so the store has no entry for it: it is always there.
-            rows = [
-                health_row(
-                    healths.get(f"{slot}:{n}")
-                    or ProviderHealth(f"{slot}:{n}", BreakerState.CLOSED),
-                    active=self._active.get(slot) == n,
-                )
-                for n in names
-            ]
-            if not rows:
+        lines: list[str] = []
+        status: dict[str, list[dict[str, object]]] = {}
+        for slot in self._slots():
+            names = self._chains[slot]
+            if not names:
                 continue
+            states: list[tuple[str, str]] = []
+            rows: list[dict[str, object]] = []
+            for name in names:
+                # The floor is never guarded, so the store has no entry for it: always there.
+                h = healths.get(f"{slot}:{name}") or ProviderHealth(
+                    f"{slot}:{name}", BreakerState.CLOSED
+                )
+                active = self._active.get(slot) == name
+                states.append((name, compact_state(h, active=active)))
+                row = health_row(h, active=active).as_dict()
+                row["compact"] = states[-1][1]
+                rows.append(row)
+            lines.append("  " + chain_status(slot, states))
+            status[slot] = rows
+        if lines:
             self._log.info(
-                f"{slot.upper()} provider status\n{render_table(rows)}",
-                slot=slot,
-                providers=[r.as_dict() for r in rows],
+                "\n".join(["📊 Provider Health Status:", *lines]),
+                health_event="status",
+                status=status,
             )
 
     # GuardObserver ---------------------------------------------------------------------------
@@ -128,7 +175,8 @@ class HealthLogger:
     def on_failure(self, key: str, failure: Failure, new_state: BreakerState) -> None:
         slot, _, provider = key.partition(":")
         self._log.warning(
-            f"{slot.upper()} provider {provider} failed: {describe_failure(failure)}",
+            f"❌ {slot.upper()} provider {provider} failed: {describe_failure(failure)}",
+            health_event="failed",
             slot=slot,
             provider=provider,
             kind=failure.kind.value,
@@ -155,11 +203,11 @@ class HealthLogger:
 
     # switches (from plugins.observability.switches.SwitchTracker) ----------------------------
     def on_switch(self, event: SwitchEvent) -> None:
-        self._active[event.slot] = event.to_provider
         self._skips_logged = {m for m in self._skips_logged if not m[0].startswith(event.slot)}
         if event.is_fallback:
             self._log.warning(
-                f"Falling back to {event.slot.upper()} provider: {event.to_provider}",
+                f"🔄 Falling back to {event.slot.upper()} provider: {event.to_provider}",
+                health_event="fallback",
                 slot=event.slot,
                 from_provider=event.from_provider,
                 to_provider=event.to_provider,
@@ -167,8 +215,10 @@ class HealthLogger:
             )
         else:
             self._log.info(
-                f"Returning to {event.slot.upper()} provider: {event.to_provider}",
+                f"✅ Returning to {event.slot.upper()} provider: {event.to_provider}",
+                health_event="recovered",
                 slot=event.slot,
                 from_provider=event.from_provider,
                 to_provider=event.to_provider,
             )
+        self._using(event.slot, event.to_provider)

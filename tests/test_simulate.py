@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import time
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +92,40 @@ def test_all_paid_fail_answers_every_caller_turn(all_paid_fail: CallReport) -> N
     assert all_paid_fail.exit_code == 0, all_paid_fail.checks
 
 
-async def test_tts_quota_exceeded_moves_off_cartesia(settings: Settings, tmp_path: Path) -> None:
+@pytest.fixture
+def health_log_shown() -> Iterator[None]:
+    """The health log printed to stdout, as ``simulate`` does."""
+    health = logging.getLogger("health")
+    before = list(health.handlers)
+    simulate._show_health_log(verbose=False)
+    yield
+    health.handlers = before
+    health.propagate = True
+
+
+async def test_tts_quota_exceeded_moves_off_cartesia(
+    settings: Settings, tmp_path: Path, health_log_shown: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     report = await run("tts-quota-exceeded", settings, save_audio=tmp_path)
+
+    # the seed's lines, as the seed wrote them
+    lines = capsys.readouterr().out.splitlines()
+    seed = [
+        "🔧 Provider Manager initialized:",
+        "  TTS: cartesia → local-tts → elevenlabs → free-tts",
+        "🔊 Using TTS provider: cartesia",
+        "🎤 Using STT provider: deepgram",
+        "🧠 Using LLM provider: openrouter",
+        "❌ TTS provider cartesia failed: 402 Payment Required",
+        "🔄 Falling back to TTS provider: local-tts",
+        "🔊 Using TTS provider: local-tts",
+        "📊 Provider Health Status:",
+        "  TTS: cartesia (failed) → local-tts (active) → elevenlabs (available) → free-tts (available)",
+    ]
+    at = [lines.index(line) for line in seed]  # each is there...
+    assert at == sorted(at)  # ...in the seed's order
+    assert lines[at[0] + 2].startswith("  STT: deepgram → ")
+    assert lines[at[0] + 3] == "  LLM: openrouter → openai → google → free-llm"
 
     assert report.exit_code == 0, report.checks
     assert_every_turn_answered(report)

@@ -37,6 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_health_log(*, verbose: bool) -> None:
+    """Print the health logger's lines, as they are, among the call's live lines."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    health = logging.getLogger("health")
+    health.addHandler(handler)
+    health.setLevel(logging.INFO)
+    health.propagate = verbose  # with --verbose the full records also go to stderr
+
+
 def run(argv: list[str], settings: Settings) -> int:
     parser = _parser()
     try:
@@ -65,9 +77,12 @@ def run(argv: list[str], settings: Settings) -> int:
     from agent.logs import install_handler
     from agent.simulate.runner import run_scenario
 
-    # the live transcript already shows every switch; the logs that explain them are opt-in
+    # the live transcript shows the call and the health log's lines (the seed's story); the
+    # rest of the logs that explain them are opt-in
     install_handler(fmt="console", level="INFO" if args.verbose else "CRITICAL")
     listener = None if args.json else LiveWriter(sys.stdout)
+    if not args.json:
+        _show_health_log(verbose=args.verbose)
     report = asyncio.run(
         run_scenario(
             scenario, settings, listener=listener, speed=args.speed, save_audio=args.save_audio

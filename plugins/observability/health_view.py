@@ -34,7 +34,11 @@ def _number(value: object, spec: str) -> str | None:
 
 
 def state_label(h: ProviderHealth, *, active: bool = False, now: float | None = None) -> str:
-    """active, available, probing, failed, quota-exhausted, rate-limited until T, key-rejected..."""
+    """active, available, failing, probing, failed, quota-exhausted, rate-limited until T...
+
+    Honest: a provider whose last attempts failed is ``failing`` even while its breaker is
+    still closed (it is tried again, but it is not "available" in any sense an operator means).
+    """
     now = time.time() if now is None else now
     if h.state is BreakerState.KEY_REJECTED:
         return "key-rejected"
@@ -53,7 +57,30 @@ def state_label(h: ProviderHealth, *, active: bool = False, now: float | None = 
         if h.last_failure is FailureKind.BUDGET_EXHAUSTED:
             return f"budget-spent{until}"
         return f"failed{until}"
+    if h.consecutive_failures:
+        return f"failing ({h.consecutive_failures} in a row)"
     return "active" if active else "available"
+
+
+def compact_state(h: ProviderHealth, *, active: bool = False, now: float | None = None) -> str:
+    """The one word the compact status line shows: active, available, failing, probing, failed,
+    disabled or key-rejected (the detail, e.g. "quota-exhausted until T", is in the table)."""
+    if h.state in (BreakerState.DISABLED, BreakerState.FORCED_OPEN):
+        return "disabled"
+    if h.state is BreakerState.KEY_REJECTED:
+        return "key-rejected"
+    if h.state is BreakerState.OPEN:
+        return "failed"
+    if h.state is BreakerState.HALF_OPEN:
+        return "probing"
+    if h.consecutive_failures:
+        return "failing"
+    return "active" if active else "available"
+
+
+def chain_status(slot: str, states: list[tuple[str, str]]) -> str:
+    """``TTS: cartesia (failed) → local-tts (active) → free-tts (available)``."""
+    return f"{slot.upper()}: " + " → ".join(f"{name} ({state})" for name, state in states)
 
 
 @dataclass(frozen=True)
