@@ -93,23 +93,30 @@ def test_all_paid_fail_answers_every_caller_turn(all_paid_fail: CallReport) -> N
 
 
 @pytest.fixture
-def health_log_shown() -> Iterator[None]:
+def health_log_shown() -> Iterator[io.StringIO]:
     """The health log printed to stdout, as ``simulate`` does."""
+    import structlog
+
+    from agent.logs import configure_structlog
+
+    configure_structlog()  # as the CLI does: structlog events through stdlib logging
     health = logging.getLogger("health")
     before = list(health.handlers)
-    simulate._show_health_log(verbose=False)
-    yield
+    out = io.StringIO()
+    simulate.show_health_log(out, verbose=False)
+    yield out
     health.handlers = before
     health.propagate = True
+    structlog.reset_defaults()
 
 
 async def test_tts_quota_exceeded_moves_off_cartesia(
-    settings: Settings, tmp_path: Path, health_log_shown: None, capsys: pytest.CaptureFixture[str]
+    settings: Settings, tmp_path: Path, health_log_shown: io.StringIO
 ) -> None:
     report = await run("tts-quota-exceeded", settings, save_audio=tmp_path)
 
     # the seed's lines, as the seed wrote them
-    lines = capsys.readouterr().out.splitlines()
+    lines = health_log_shown.getvalue().splitlines()
     seed = [
         "🔧 Provider Manager initialized:",
         "  TTS: cartesia → local-tts → elevenlabs → free-tts",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from agent.settings import Settings
 
@@ -37,16 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_health_log(*, verbose: bool) -> None:
+def show_health_log(out: TextIO, *, verbose: bool) -> logging.Handler:
     """Print the health logger's lines, as they are, among the call's live lines."""
-    import logging
-
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(logging.Formatter("%(message)s"))
     health = logging.getLogger("health")
     health.addHandler(handler)
     health.setLevel(logging.INFO)
     health.propagate = verbose  # with --verbose the full records also go to stderr
+    return handler
 
 
 def run(argv: list[str], settings: Settings) -> int:
@@ -82,7 +83,7 @@ def run(argv: list[str], settings: Settings) -> int:
     install_handler(fmt="console", level="INFO" if args.verbose else "CRITICAL")
     listener = None if args.json else LiveWriter(sys.stdout)
     if not args.json:
-        _show_health_log(verbose=args.verbose)
+        show_health_log(sys.stdout, verbose=args.verbose)
     report = asyncio.run(
         run_scenario(
             scenario, settings, listener=listener, speed=args.speed, save_audio=args.save_audio
