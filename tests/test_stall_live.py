@@ -125,23 +125,25 @@ async def test_provider_without_interims_is_not_failed_during_a_long_turn(
 async def test_a_stalled_stream_is_still_caught(
     sim: DeepgramSimulator, store: DocumentStore, long_turn: np.ndarray, interims: bool
 ) -> None:
-    sim.state.plan.always(Fault(FaultType.STALL, after_chunks=0))
+    # an interim sender shows it first (SpeechStarted and two interims), then stalls
+    sim.state.plan.always(Fault(FaultType.STALL, after_chunks=3 if interims else 0))
     observer = RecordingObserver()
     guard = Guard(KEY, store, deadline=AdaptiveDeadline(DEADLINES), observers=[observer])
     model = deepgram.STT(api_key="sim-key", base_url=sim.base_url, interim_results=interims)
     guarded = GuardedSTT(model, guard)
-    pcm = np.concatenate([long_turn[: RATE * 4], silence(4.0, RATE)])  # 4 s of speech, a pause
+    speech_s = 8.0
+    pcm = np.concatenate([long_turn[: int(RATE * speech_s)], silence(4.0, RATE)])  # then a pause
     started = time.perf_counter()
-    _, error = await _stream(guarded, pcm)
+    _, error = await _stream(guarded, pcm, speed=1.0)
     await guard.drain()
     await guarded.aclose()
     assert error is not None
     assert observer.kinds(KEY)[:1] == ["stall"]
-    # an interim sender is caught one stall window into the speech; a finals-only one one
-    # window after the caller paused (the speech lasts 2 s of wall time at speed 2)
+    # an interim sender is caught one stall window after its last interim, while the caller
+    # is still speaking; a finals-only one a stall window after the caller paused
     waited = time.perf_counter() - started
     stall = DEADLINES.stall_s
     if interims:
-        assert waited < stall + 1.0, waited
+        assert waited < speech_s, waited
     else:
-        assert 2.0 + stall - 0.1 < waited < 2.0 + stall + 1.0, waited
+        assert speech_s + stall - 0.1 < waited < speech_s + stall + 1.5, waited

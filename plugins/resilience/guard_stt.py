@@ -190,7 +190,10 @@ class GuardedRecognizeStream(stt.RecognizeStream):
             watch = StallWatch(
                 first_s=guard.deadline.first_s,
                 stall_s=guard.deadline.stall_s,
-                expects_interims=self._guarded.inner.capabilities.interim_results,
+                # learned from the stream, not from ``capabilities.interim_results``: LiveKit's
+                # Google plugin declares interims but drops every one under its confidence
+                # threshold, and Google sets a confidence only on finals
+                expects_interims=False,
             )
 
             async def forward_input() -> None:

@@ -15,8 +15,11 @@ it should have answered depends on what this provider sends while it listens:
   caller keeps talking it is still listening, up to a ceiling of ``LISTEN_CEILING_FACTOR x
   stall_s`` of unanswered speech (no recogniser holds back a final that long).
 
-What a provider sends is known from its declared capabilities and confirmed by the stream: a
-provider that declared no interims but sends them is judged as an interim sender from then on.
+What a provider sends is learned from the stream itself (a recognize stream lasts the whole
+call): from its first interim result on, it is judged as an interim sender. Declared
+capabilities are not evidence: LiveKit's Google plugin declares ``interim_results=True`` yet
+drops every interim under its confidence threshold, and Google sets a confidence only on
+finals, so no interim ever arrives. ``expects_interims`` is a prior for callers that know.
 
 Time our own process could not run (a starved event loop, a CPU-bound neighbour) is not the
 provider's: :meth:`StallWatch.excuse` moves every clock forward by it, so a busy machine does

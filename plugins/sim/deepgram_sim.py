@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import io
 import json
-import threading
 import time
 import uuid
 import wave
@@ -30,9 +29,8 @@ import numpy.typing as npt
 import structlog
 from aiohttp import WSMsgType, web
 
-from plugins.local.audio import resample, rms_dbfs
-from plugins.local.sphinx_stt import SAMPLE_RATE as SPHINX_RATE
-from plugins.local.sphinx_stt import SphinxEngine, contains_speech
+from plugins.local.audio import rms_dbfs
+from plugins.local.sphinx_stt import SphinxEngine
 from plugins.sim.fault_schedule import (
     REFUSALS,
     FaultSchedule,
@@ -42,6 +40,7 @@ from plugins.sim.fault_schedule import (
 )
 from plugins.sim.faults import Fault, FaultType, SimState
 from plugins.sim.http_common import HttpSimulator, run_cli
+from plugins.sim.streaming_asr import INTERIM_EVERY_S, PartialDecoder
 from plugins.sim.tts_audio import spread
 
 log = structlog.get_logger(__name__)
@@ -276,83 +275,6 @@ def transcribe(pcm: Pcm, sample_rate: int) -> str:
     return SphinxEngine.shared().transcribe(np.ascontiguousarray(pcm), sample_rate)
 
 
-class PartialDecoder:
-    """One utterance decoded as it arrives, as a streaming recogniser does.
-
-    Deepgram's interim results cost it nothing extra: they are the hypothesis so far of a
-    decoder that has already consumed the audio, and its final is that decoder's last word.
-    Re-transcribing the whole utterance for every interim and again for the final (what a
-    batch engine would do) costs time that grows with the utterance, so a long caller turn on
-    a busy machine got no interim at all, which no real Deepgram does. Audio is fed in short
-    blocks: PocketSphinx holds the GIL while it decodes, and a whole 10 s utterance in one call
-    would freeze every other thread of the process (the agent's event loop, in ``simulate``)
-    for seconds. Blocking; run it in a thread, one call at a time.
-    """
-
-    BLOCK_S = 0.1
-
-    def __init__(self, sample_rate: int) -> None:
-        self.sample_rate = sample_rate
-        self.consumed = 0  # samples of the utterance already fed
-        self._engine = SphinxEngine.shared()
-        self._decoder: Any = None
-        self._lock = threading.Lock()  # a cancelled await leaves its thread running
-        self._closed = False
-        self._voiced = False
-
-    def advance(self, pcm: Pcm) -> str:
-        """Feed ``pcm[consumed:]``; the hypothesis so far ("" before any word)."""
-        with self._lock:
-            if self._closed:
-                return ""
-            self._feed(pcm)
-            return self._hypothesis()
-
-    def finish(self, pcm: Pcm) -> str:
-        """Feed the rest of the utterance and end it: the final transcript."""
-        with self._lock:
-            if self._closed:
-                return ""
-            self._feed(pcm)
-            if self._decoder is not None:
-                self._decoder.end_utt()
-            text = self._hypothesis() if self._voiced else ""
-            self._release()
-            return text
-
-    def close(self) -> None:
-        """Abandon the utterance and give the decoder back."""
-        with self._lock:
-            if self._decoder is not None:
-                with contextlib.suppress(Exception):
-                    self._decoder.end_utt()
-            self._release()
-
-    def _feed(self, pcm: Pcm) -> None:
-        fresh = pcm[self.consumed :]
-        self.consumed = pcm.size
-        if self._decoder is None:
-            self._decoder = self._engine.acquire()
-            self._decoder.start_utt()
-        if not fresh.size:
-            return
-        audio = resample(np.ascontiguousarray(fresh), self.sample_rate, SPHINX_RATE)
-        self._voiced = self._voiced or contains_speech(audio)
-        block = round(SPHINX_RATE * self.BLOCK_S)
-        for i in range(0, audio.size, block):
-            self._decoder.process_raw(audio[i : i + block].tobytes(), full_utt=False)
-
-    def _hypothesis(self) -> str:
-        hyp = self._decoder.hyp() if self._decoder is not None else None
-        return str(hyp.hypstr).strip() if hyp is not None else ""
-
-    def _release(self) -> None:
-        self._closed = True
-        decoder, self._decoder = self._decoder, None
-        if decoder is not None:
-            self._engine.release(decoder)
-
-
 def alternative(
     text: str, voiced: tuple[float, float], *, punctuate: bool, confidence: float
 ) -> dict[str, Any]:
@@ -404,7 +326,7 @@ class DeepgramSimulator(HttpSimulator):
         state: SimState | None = None,
         *,
         min_endpoint_s: float = 0.5,
-        interim_every_s: float = 1.0,
+        interim_every_s: float = INTERIM_EVERY_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         super().__init__(state)
@@ -667,12 +589,12 @@ class _LiveSocket:
                 )
         current = self._endpointer.current
         if (
-            self._opts.interim_results
-            and current is not None
+            current is not None
             and self._endpointer.time - self._last_interim >= self._sim.interim_every_s
             and not self._interim_queued
         ):
-            # paced by the audio, like Deepgram's (about one per second of speech)
+            # decode as the audio comes (sent as an interim result when asked for), paced
+            # like Deepgram's interims: about one per second of speech
             self._last_interim = self._endpointer.time
             self._interim_queued = True
             self._jobs.put_nowait(_Job("interim", utterance=current, pcm=current.pcm()))
@@ -721,9 +643,11 @@ class _LiveSocket:
             return await self._start_utterance(job.at)
         if job.kind == "interim" and job.utterance is not None and job.pcm is not None:
             if self._actor is not None:
-                await self._actor.fire_if_due()
+                if self._opts.interim_results:
+                    await self._actor.fire_if_due()
                 text = await self._transcript(job.utterance, job.pcm, final=False)
-                await self._actor.send(self._results(job.utterance, text, is_final=False))
+                if self._opts.interim_results:
+                    await self._actor.send(self._results(job.utterance, text, is_final=False))
             return True
         if job.kind == "final" and job.utterance is not None:
             utt = job.utterance

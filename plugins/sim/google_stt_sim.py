@@ -11,7 +11,9 @@ error mapping all run unchanged over a real channel.
 
 Audio is segmented by energy (speech starts after 60 ms above the threshold, ends after
 ``end_silence_s`` below it) and each utterance is transcribed with PocketSphinx; results are
-finals only (no interim results), with word offsets spread over the utterance when asked for. Control
+``is_final=false`` interim results about once a second of speech when the request asks for
+them (the plugin's default, as Google's), and finals with word offsets spread over the
+utterance when asked for. Control
 routes (``/_sim/faults``, ``/_sim/attempts``) are served over HTTP on :attr:`origin`; the gRPC
 target for clients is :attr:`grpc_target`. Faults are taken once per stream at its start
 (units: audio seconds, billed lazily as audio arrives); gRPC has no HTTP bodies, so a fault is
@@ -47,6 +49,7 @@ from livekit.plugins.google.models import SpeechModelsV2
 from plugins.sim.fault_schedule import FaultSchedule
 from plugins.sim.faults import Fault, FaultType, SimState
 from plugins.sim.http_common import HttpSimulator, run_cli
+from plugins.sim.streaming_asr import INTERIM_EVERY_S, PartialDecoder
 from plugins.sim.tts_audio import Pcm
 
 log = structlog.get_logger(__name__)
@@ -404,7 +407,7 @@ class GoogleSttSimulator(HttpSimulator):
         route = self._route(api, "StreamingRecognize")
         try:
             first = await anext(requests)
-            rate, _interim, vad_events, word_offsets = api.parse_config(first)
+            rate, interim, vad_events, word_offsets = api.parse_config(first)
         except (StopAsyncIteration, ValueError) as e:
             self.state.log.record(route, None, f"bad request: {e}")
             raise _CallEndedError(grpc.StatusCode.INVALID_ARGUMENT, f"Invalid request: {e}") from e
@@ -427,20 +430,53 @@ class GoogleSttSimulator(HttpSimulator):
         after = fault.after_chunks if fault is not None else 0
         stalled = False
 
+        partial: PartialDecoder | None = None  # the utterance in progress, decoded as it comes
+        last_interim = 0.0
+
         async def results_for(pcm: Pcm, start: float, end: float) -> list[Any]:
+            nonlocal partial
+            decoder, partial = partial, None
             if kind in (FaultType.EMPTY, FaultType.SILENT):
+                if decoder is not None:
+                    await asyncio.to_thread(decoder.close)
                 return []
-            text = await asyncio.to_thread(self._transcribe, pcm, rate)
+            if self._transcribe is _transcribe:  # the default engine: finish what is decoded
+                decoder = decoder or PartialDecoder(rate)
+                text = await asyncio.to_thread(decoder.finish, pcm)
+            else:
+                if decoder is not None:
+                    await asyncio.to_thread(decoder.close)
+                text = await asyncio.to_thread(self._transcribe, pcm, rate)
             if not text:
                 return []
             final = api.result(text, final=True, start=start, end=end, words=word_offsets)
             return [api.response(results=[final], at=end)]
 
+        async def interim_result() -> list[Any]:
+            """Google's ``is_final=false`` hypothesis, about once a second of speech."""
+            nonlocal partial, last_interim
+            if kind in (FaultType.EMPTY, FaultType.SILENT) or not seg.utterance:
+                return []
+            last_interim = seg.now
+            partial = partial or PartialDecoder(rate)
+            text = await asyncio.to_thread(partial.advance, np.concatenate(seg.utterance))
+            if not text:
+                return []
+            start = seg.started_at
+            result = api.result(text, final=False, start=start, end=seg.now, words=False)
+            return [api.response(results=[result], at=seg.now)]
+
         async def outgoing(events: list[str]) -> AsyncIterator[Any]:
+            nonlocal last_interim
             for ev in events:
                 if ev == "begin":
+                    last_interim = seg.now
                     if vad_events:
                         yield api.response(event=api.event.SPEECH_ACTIVITY_BEGIN, at=seg.started_at)
+                    continue
+                if ev == "interim":
+                    for resp in await interim_result():
+                        yield resp
                     continue
                 start = seg.started_at
                 for resp in await results_for(seg.take_utterance(), start, seg.now):
@@ -479,13 +515,18 @@ class GoogleSttSimulator(HttpSimulator):
                 continue
             pcm = np.frombuffer(audio, dtype="<i2").astype(np.int16)
             self.schedule.bill(pcm.size / rate)
-            async for resp in deliver(seg.feed(pcm)):
+            events = seg.feed(pcm)
+            if interim and seg.speaking and seg.now - last_interim >= INTERIM_EVERY_S:
+                events.append("interim")
+            async for resp in deliver(events):
                 yield resp
         # half-close: the caller finished sending; flush an utterance still open
         if seg.speaking:
             seg.speaking = False
             async for resp in deliver(["end"]):
                 yield resp
+        if partial is not None:
+            await asyncio.to_thread(partial.close)
         if stalled:
             await self.park()
 
