@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     google_application_credentials: Path | None = None
     google_stt_model: str = "latest_long"
     google_stt_location: str = "global"
+    #: host:port of a plaintext gRPC Speech endpoint (the simulator); unset: Google itself
+    google_stt_target: str | None = None
     whisper_model: str = "whisper-1"
     stt_language: str = "en-US"
 
@@ -300,14 +302,18 @@ class Settings(BaseSettings):
                     extra={"language": self.stt_language},
                 )
             case ("stt", "google"):
+                # a service-account file if given, else the API key (see catalog.google_stt_auth)
                 creds = self.google_application_credentials
+                extra = {"language": self.stt_language, "location": self.google_stt_location}
+                if creds:
+                    extra["credentials_file"] = str(creds)
                 return ProviderSpec(
                     slot,
                     name,
-                    None,
+                    self.google_stt_target,
                     self.google_stt_model,
-                    api_key=str(creds) if creds else None,
-                    extra={"language": self.stt_language, "location": self.google_stt_location},
+                    api_key=self.secret("google_api_key"),
+                    extra=extra,
                 )
             case ("stt", "whisper"):
                 return ProviderSpec(

@@ -115,20 +115,60 @@ def _deepgram_stt(spec: ProviderSpec, ctx: BuildContext) -> stt.STT[Any]:
     return deepgram.STT(**kwargs)
 
 
-def _google_stt(spec: ProviderSpec, ctx: BuildContext) -> stt.STT[Any]:
-    from livekit.plugins import google
+#: Speech-to-Text v2 addresses a recognizer inside a project, which an API key does not name.
+GOOGLE_STT_V2_NEEDS_PROJECT = (
+    "is a Speech-to-Text v2 model, which needs a service account "
+    "(GOOGLE_APPLICATION_CREDENTIALS); use a v1 model such as latest_long with GOOGLE_API_KEY"
+)
 
-    credentials = spec.extra.get("credentials_file") or spec.api_key
-    if not credentials or not os.path.isfile(credentials):
-        raise ProviderUnusableError(
-            f"{spec.key}: needs a service-account credentials file "
-            "(GOOGLE_APPLICATION_CREDENTIALS); none found"
-        )
-    kwargs: dict[str, Any] = {"credentials_file": credentials}
+
+def google_stt_auth(spec: ProviderSpec) -> tuple[str, str]:
+    """("service-account", file) or ("api-key", key) for Google STT, the file first.
+
+    Speech-to-Text v1 accepts an API key (``x-goog-api-key``) where the key's project has the
+    API enabled; the LiveKit plugin takes it through its public ``credentials`` argument.
+    """
+    if file := spec.extra.get("credentials_file"):
+        return "service-account", file
+    if spec.api_key and spec.api_key.strip():
+        return "api-key", spec.api_key
+    raise ProviderUnusableError(
+        f"{spec.key}: needs a service-account file (GOOGLE_APPLICATION_CREDENTIALS) "
+        "or an API key with Speech-to-Text enabled (GOOGLE_API_KEY)"
+    )
+
+
+def _google_stt(spec: ProviderSpec, ctx: BuildContext) -> stt.STT[Any]:
+    from typing import get_args
+
+    from google.auth import api_key
+    from livekit.plugins import google
+    from livekit.plugins.google.models import SpeechModelsV2
+
+    kind, credential = google_stt_auth(spec)
+    kwargs: dict[str, Any] = {}
     if spec.model:
         kwargs["model"] = spec.model
     if language := spec.extra.get("language"):
         kwargs["languages"] = language
+    if kind == "service-account":
+        if not os.path.isfile(credential):
+            raise ProviderUnusableError(
+                f"{spec.key}: service-account credentials file {credential!r} not found "
+                "(GOOGLE_APPLICATION_CREDENTIALS)"
+            )
+        kwargs["credentials_file"] = credential
+    else:
+        if spec.model in get_args(SpeechModelsV2):
+            raise ProviderUnusableError(
+                f"{spec.key}: model {spec.model!r} {GOOGLE_STT_V2_NEEDS_PROJECT}"
+            )
+        kwargs["credentials"] = api_key.Credentials(credential)  # type: ignore[no-untyped-call]
+    if spec.base_url:  # a plaintext gRPC target (the simulator): the plugin has no endpoint option
+        from plugins.sim.google_stt_sim import SimulatedGoogleSTT
+
+        kwargs.pop("credentials_file", None)
+        return SimulatedGoogleSTT(spec.base_url, **kwargs)
     return google.STT(**kwargs)
 
 
@@ -280,7 +320,7 @@ def _free_tts(spec: ProviderSpec, ctx: BuildContext) -> tts.TTS[Any]:
 
 _ENTRIES = [
     CatalogEntry("stt", "deepgram", _deepgram_stt, True, False, True, UNIT_STT, 0.0043 / 60, "DEEPGRAM_API_KEY"),
-    CatalogEntry("stt", "google", _google_stt, True, False, True, UNIT_STT, 0.016 / 60, "GOOGLE_APPLICATION_CREDENTIALS"),
+    CatalogEntry("stt", "google", _google_stt, True, False, True, UNIT_STT, 0.016 / 60, "GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_API_KEY"),
     CatalogEntry("stt", "whisper", _whisper_stt, True, False, False, UNIT_STT, 0.006 / 60, "OPENAI_API_KEY"),
     CatalogEntry("stt", "free-stt", _free_stt, False, True, True, UNIT_STT, 0.0),
     CatalogEntry(
@@ -323,5 +363,5 @@ def has_key(entry: CatalogEntry, spec: ProviderSpec) -> bool:
     if not entry.needs_key:
         return True
     if entry.key == "stt:google":
-        return bool(spec.extra.get("credentials_file") or spec.api_key)
+        return bool(spec.extra.get("credentials_file") or (spec.api_key or "").strip())
     return bool(spec.api_key and spec.api_key.strip())

@@ -59,6 +59,42 @@ def _google_credentials(path: Path) -> str | None:
     return None
 
 
+def _check_google_stt(spec: ProviderSpec, settings: Settings) -> Finding:
+    """Which Google credential STT uses (a service account first, else the API key), and what
+    is missing for the other."""
+    from typing import get_args
+
+    from livekit.plugins.google.models import SpeechModelsV2
+
+    from plugins.catalog import GOOGLE_STT_V2_NEEDS_PROJECT
+
+    creds = settings.google_application_credentials
+    if creds is not None:
+        problem = _google_credentials(creds)
+        if problem:
+            return Finding(spec.key, False, problem)
+        return Finding(spec.key, True, f"using the service account in {creds} (looks valid)")
+    key = settings.secret("google_api_key")
+    if not key:
+        return Finding(
+            spec.key,
+            True,
+            "skipped: neither GOOGLE_APPLICATION_CREDENTIALS (service account) nor "
+            "GOOGLE_API_KEY is set",
+        )
+    if spec.model in get_args(SpeechModelsV2):
+        return Finding(
+            spec.key, False, f"GOOGLE_STT_MODEL {spec.model!r} {GOOGLE_STT_V2_NEEDS_PROJECT}"
+        )
+    return Finding(
+        spec.key,
+        True,
+        f"using the API key {mask(key)} (GOOGLE_API_KEY, Speech-to-Text v1); the key's project "
+        "must have the Speech-to-Text API enabled, else set GOOGLE_APPLICATION_CREDENTIALS to a "
+        "service-account file",
+    )
+
+
 async def _check_ghl(settings: Settings, http: aiohttp.ClientSession) -> Finding:
     key = settings.secret("ghl_api_key")
     if not settings.ghl_location_id:
@@ -93,13 +129,7 @@ async def _check_spec(
     if spec.name in LOCAL_PROVIDERS:
         return Finding(spec.key, True, "local, always available")
     if spec.key == "stt:google":
-        creds = settings.google_application_credentials
-        if creds is None:
-            return Finding(spec.key, True, "skipped: GOOGLE_APPLICATION_CREDENTIALS not set")
-        problem = _google_credentials(creds)
-        if problem:
-            return Finding(spec.key, False, problem)
-        return Finding(spec.key, True, f"service-account file {creds} looks valid")
+        return _check_google_stt(spec, settings)
     if not spec.api_key:
         return Finding(spec.key, True, "skipped: no key set")
     report = await check_credit(spec, http)

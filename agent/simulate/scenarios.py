@@ -12,9 +12,12 @@ from typing import Literal
 
 from plugins.sim.faults import Fault, FaultType
 
-SimName = Literal["deepgram", "openai", "openrouter", "gemini", "cartesia", "elevenlabs"]
+SimName = Literal[
+    "deepgram", "google-stt", "openai", "openrouter", "gemini", "cartesia", "elevenlabs"
+]
 SIMULATORS: tuple[SimName, ...] = (
     "deepgram",
+    "google-stt",
     "openai",
     "openrouter",
     "gemini",
@@ -26,6 +29,7 @@ SIMULATORS: tuple[SimName, ...] = (
 #: The provider (slot, name) each simulator stands in for.
 SIM_PROVIDERS: dict[SimName, tuple[tuple[str, str], ...]] = {
     "deepgram": (("stt", "deepgram"),),
+    "google-stt": (("stt", "google"),),
     "openai": (("stt", "whisper"), ("llm", "openai")),
     "openrouter": (("llm", "openrouter"),),
     "gemini": (("llm", "google"),),
@@ -140,9 +144,9 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "stt-api-error",
-            "Deepgram refuses with 503: STT moves to the next recogniser",
+            "Deepgram refuses with 503: STT moves to Google",
             faults=(_always("deepgram", Fault(FaultType.STATUS, status=503)),),
-            expect=(ExpectedSwitch("stt", "deepgram"),),
+            expect=(ExpectedSwitch("stt", "deepgram", "google"),),
         ),
         Scenario(
             "llm-rate-limit",

@@ -40,6 +40,10 @@ def make_simulator(name: SimName) -> Simulator:
         from plugins.sim.deepgram_sim import DeepgramSimulator
 
         sim = DeepgramSimulator()
+    elif name == "google-stt":
+        from plugins.sim.google_stt_sim import GoogleSttSimulator
+
+        sim = GoogleSttSimulator()
     elif name in ("openai", "openrouter"):
         from plugins.sim.openai_sim import OpenAISimulator
 
@@ -71,14 +75,15 @@ def _sales_reply() -> ReplyFn:
 def sim_settings(base: Settings, urls: dict[SimName, str], data_dir: Path) -> Settings:
     """``base`` with every cloud provider pointed at its simulator with a fake key.
 
-    Google STT has no simulator (its plugin speaks gRPC with service-account auth), so it is
-    left without credentials and the chain skips it, as it would on a machine without them.
+    Google STT is the real plugin with its client factory pointed at the simulator's plaintext
+    gRPC target (the plugin has no endpoint option), authenticated with the API key.
     """
     key = SecretStr(SIM_KEY)
     update: dict[str, Any] = {
         "data_dir": data_dir,
         "redis_url": None,
         "google_application_credentials": None,
+        "google_stt_target": None,
         "deepgram_api_key": None,
         "openai_api_key": None,
         "openrouter_api_key": None,
@@ -95,6 +100,10 @@ def sim_settings(base: Settings, urls: dict[SimName, str], data_dir: Path) -> Se
         "elevenlabs": ("elevenlabs_api_key", "elevenlabs_base_url"),
     }
     for name, url in urls.items():
+        if name == "google-stt":  # a gRPC host:port, and the API key it shares with Gemini
+            update["google_stt_target"] = url
+            update["google_api_key"] = key
+            continue
         key_field, url_field = fields[name]
         update[key_field] = key
         update[url_field] = AnyHttpUrl(url)
