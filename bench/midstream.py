@@ -119,7 +119,7 @@ def playout_gap(arrivals: list[tuple[float, float]]) -> float:
 
 
 def _store(tmp: str) -> Any:
-    config = StoreConfig(breaker=BreakerConfig(consecutive_failures=1, max_jitter_s=0.0))
+    config = StoreConfig(breaker=BreakerConfig(consecutive_failures=1, full_jitter=False))
     return open_store(None, Path(tmp), config=config)
 
 

@@ -59,7 +59,7 @@ def make_store(
     tmp_path: Path, clock: FakeClock, *, trip_after: int = 1, **breaker: Any
 ) -> DocumentStore:
     config = StoreConfig(
-        breaker=BreakerConfig(consecutive_failures=trip_after, max_jitter_s=0.0, **breaker)
+        breaker=BreakerConfig(consecutive_failures=trip_after, full_jitter=False, **breaker)
     )
     return open_store(None, tmp_path, config=config, clock=clock, jitter=lambda: 0.0)
 

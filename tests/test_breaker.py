@@ -17,7 +17,7 @@ from plugins.resilience.breaker import (
 from plugins.resilience.types import Admission, BreakerState, Failure, FailureKind
 
 T0 = float(calendar.timegm((2026, 11, 25, 13, 0, 0)))  # a Wednesday, 13:00 UTC
-JITTER = 0.25
+JITTER = 0.0  # the uniform draw: 0 opens for exactly the backoff ceiling
 
 CLOSED = BreakerState.CLOSED
 OPEN = BreakerState.OPEN
@@ -76,7 +76,7 @@ def test_three_consecutive_failures_trip_for_base_time_plus_jitter() -> None:
     m.fail()
     m.fail()
     assert m.fail() is OPEN
-    assert m.rec.open_until == pytest.approx(T0 + 5.0 + JITTER)
+    assert m.rec.open_until == pytest.approx(T0 + 5.0)
     assert m.rec.trips == 1
     denied = m.admit()
     assert not denied.allowed
@@ -185,19 +185,19 @@ def test_probe_success_closes() -> None:
 def test_probe_failure_reopens_with_growing_time_up_to_the_cap() -> None:
     m = Machine()
     m.trip_and_wait()
-    expected = [10.0, 15.0, 20.0]
+    expected = [10.0, 20.0, 40.0]  # exponential: base 5 s doubling
     for open_s in expected:
         assert m.admit().is_probe
         start = m.now
         assert m.fail(FailureKind.TIMEOUT) is OPEN
-        assert m.rec.open_until == pytest.approx(start + open_s + JITTER)
+        assert m.rec.open_until == pytest.approx(start + open_s)
         m.wait_out()
     for _ in range(20):
         assert m.admit().is_probe
         start = m.now
         m.fail(FailureKind.TIMEOUT)
         m.wait_out()
-    assert m.now - start == pytest.approx(60.0 + JITTER)  # capped at 60 s plus jitter
+    assert m.now - start == pytest.approx(60.0)  # capped at 60 s
 
 
 def test_trip_count_survives_a_quick_relapse_and_resets_after_a_healthy_period() -> None:
@@ -216,21 +216,41 @@ def test_trip_count_survives_a_quick_relapse_and_resets_after_a_healthy_period()
     m.fail()
     m.fail()
     assert m.rec.trips == 1
-    assert m.rec.open_until == pytest.approx(start + 5.0 + JITTER)
+    assert m.rec.open_until == pytest.approx(start + 5.0)
 
 
-def test_default_jitter_stays_within_its_bound() -> None:
-    breaker = Breaker(BreakerConfig(max_jitter_s=1.0))
+def test_default_full_jitter_draws_within_the_backoff_window() -> None:
+    breaker = Breaker(BreakerConfig(min_open_s=1.0))
     seen = set()
     for _ in range(50):
         rec = BreakerRecord()
         for _ in range(3):
             breaker.record_failure(rec, fail(), T0)
         assert rec.open_until is not None
-        extra = rec.open_until - (T0 + 5.0)
-        assert 0.0 <= extra <= 1.0
-        seen.add(round(extra, 6))
-    assert len(seen) > 1  # it really is random
+        open_s = rec.open_until - T0
+        assert 1.0 <= open_s <= 5.0  # full jitter: anywhere in [floor, ceiling]
+        seen.add(round(open_s, 6))
+    assert len(seen) > 10  # it really is random
+
+
+@pytest.mark.parametrize(
+    ("draw", "schedule"),
+    [
+        (0.0, [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]),  # the ceilings: the documented schedule
+        (0.5, [3.0, 5.5, 10.5, 20.5, 30.5, 30.5]),  # halfway between the floor and the ceiling
+        (0.999999, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),  # never sooner than the 1 s floor
+    ],
+)
+def test_recovery_probes_back_off_exponentially_with_full_jitter_up_to_the_cap(
+    draw: float, schedule: list[float]
+) -> None:
+    breaker = Breaker(BreakerConfig(), jitter=lambda: draw)
+    assert [breaker.open_time(trips) for trips in range(1, 7)] == pytest.approx(schedule, abs=1e-4)
+
+
+def test_without_full_jitter_the_open_time_is_the_ceiling() -> None:
+    breaker = Breaker(BreakerConfig(full_jitter=False), jitter=lambda: 0.7)
+    assert [breaker.open_time(t) for t in (1, 2, 3, 9)] == [5.0, 10.0, 20.0, 60.0]
 
 
 def test_late_ordinary_failure_while_open_does_not_extend_it() -> None:
@@ -273,7 +293,7 @@ def test_rate_limited_probe_reopens_for_exactly_retry_after() -> None:
 def test_rate_limited_without_retry_after_trips_with_backoff() -> None:
     m = Machine()
     assert m.fail(FailureKind.RATE_LIMITED) is OPEN
-    assert m.rec.open_until == pytest.approx(T0 + 5.0 + JITTER)
+    assert m.rec.open_until == pytest.approx(T0 + 5.0)
     assert m.rec.trips == 1
 
 

@@ -56,7 +56,6 @@ GHL_BREAKER = BreakerConfig(
     minimum_calls=5,
     base_open_s=5.0,
     max_open_s=60.0,
-    max_jitter_s=1.0,
 )
 
 

@@ -11,8 +11,12 @@ Semantics (Resilience4j's, tuned for voice volumes where 100 calls never arrive 
 * CLOSED trips to OPEN on ``consecutive_failures`` failures in a row, **or** when the failure
   rate over the last ``window_s`` seconds reaches ``failure_rate_threshold`` once at least
   ``minimum_calls`` outcomes are in the window.
-* The open time grows with repeated trips, Envoy-style: ``min(base_open_s * trips, max_open_s)``
-  plus jitter. ``trips`` returns to 0 after ``healthy_period_s`` spent closed.
+* The open time (when the next recovery probe may run) backs off exponentially with full
+  jitter (AWS's "full jitter"): ``ceiling = min(max_open_s, base_open_s * 2 ** (trips - 1))``,
+  open for a uniform draw in ``[min_open_s, ceiling]``. With the defaults the ceilings are
+  5, 10, 20, 40, 60, 60... s. Full jitter spreads the probes of a pool that tripped together;
+  ``full_jitter=False`` opens for exactly the ceiling. ``trips`` returns to 0 after
+  ``healthy_period_s`` spent closed.
 * OPEN moves to HALF_OPEN lazily, on the first ``admit`` after the open time. HALF_OPEN admits
   exactly one probe at a time under a lease that expires after ``probe_lease_s``, so a prober
   that crashed does not wedge the provider. The probe's success closes the breaker; its failure
@@ -87,7 +91,8 @@ class BreakerConfig:
     minimum_calls: int = 4
     base_open_s: float = 5.0
     max_open_s: float = 60.0
-    max_jitter_s: float = 1.0
+    min_open_s: float = 1.0  # full jitter never probes sooner than this
+    full_jitter: bool = True
     quota_cooldown_s: float = 3600.0
     probe_lease_s: float = 15.0
     healthy_period_s: float = 60.0
@@ -108,8 +113,10 @@ class BreakerConfig:
                 problems.append(f"{name} must be > 0")
         if self.max_open_s < self.base_open_s:
             problems.append("max_open_s must be >= base_open_s")
-        if self.max_jitter_s < 0 or self.healthy_period_s < 0:
-            problems.append("max_jitter_s and healthy_period_s must be >= 0")
+        if not 0 <= self.min_open_s <= self.base_open_s:
+            problems.append("min_open_s must be >= 0 and <= base_open_s")
+        if self.healthy_period_s < 0:
+            problems.append("healthy_period_s must be >= 0")
         if self.budget_period not in ("day", "month"):
             problems.append("budget_period must be 'day' or 'month'")
         if problems:
@@ -214,8 +221,7 @@ class Breaker:
 
     def __init__(self, config: BreakerConfig | None = None, jitter: Jitter | None = None) -> None:
         self.config = config or BreakerConfig()
-        max_jitter = self.config.max_jitter_s
-        self._jitter: Jitter = jitter or (lambda: random.uniform(0.0, max_jitter))
+        self._jitter: Jitter = jitter or random.random
 
     # -- admission -------------------------------------------------------------------------
 
@@ -370,11 +376,17 @@ class Breaker:
         return None
 
     def _trip(self, rec: BreakerRecord, kind: FailureKind, now: float) -> None:
-        cfg = self.config
         rec.trips += 1
-        open_s = min(cfg.base_open_s * rec.trips, cfg.max_open_s)
-        jitter = min(max(0.0, self._jitter()), cfg.max_jitter_s)
-        self._open(rec, kind, now + open_s + jitter)
+        self._open(rec, kind, now + self.open_time(rec.trips))
+
+    def open_time(self, trips: int) -> float:
+        """How long the ``trips``-th trip in a row stays open (see the module docstring)."""
+        cfg = self.config
+        ceiling = min(cfg.max_open_s, cfg.base_open_s * 2.0 ** max(0, trips - 1))
+        if not cfg.full_jitter:
+            return ceiling
+        draw = min(max(self._jitter(), 0.0), 1.0)  # uniform in [0, 1); injected in tests
+        return cfg.min_open_s + (ceiling - cfg.min_open_s) * (1.0 - draw)
 
     def _open(self, rec: BreakerRecord, kind: FailureKind, until: float) -> None:
         rec.state = BreakerState.OPEN
