@@ -152,11 +152,15 @@ async def test_compact_status_comes_on_every_interval_and_is_honest(tmp_path: Pa
 def test_json_mode_lines_are_structured_events(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 
+    import structlog
+
     from agent.health_logger import HealthLogger
     from agent.logs import install_handler
     from plugins.observability.switches import SwitchEvent
 
+    before_config = structlog.get_config()
     install_handler(fmt="json", level="INFO")
+    structlog.configure(cache_logger_on_first_use=False)  # later tests capture logs
     try:
         health = HealthLogger(None, {"tts": ["cartesia", "local-tts"]}, call_id="c-9")  # type: ignore[arg-type]
         health.on_switch(SwitchEvent(1.0, "tts", "cartesia", "local-tts", "402 quota exhausted"))
@@ -164,6 +168,7 @@ def test_json_mode_lines_are_structured_events(capsys: pytest.CaptureFixture[str
         logging.getLogger().handlers = [
             h for h in logging.getLogger().handlers if h.get_name() != "never-silent"
         ]
+        structlog.configure(**before_config)
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
     fallback = next(e for e in lines if e.get("health_event") == "fallback")
     assert fallback["event"] == "🔄 Falling back to TTS provider: local-tts"

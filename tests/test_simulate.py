@@ -99,7 +99,10 @@ def health_log_shown() -> Iterator[io.StringIO]:
 
     from agent.logs import configure_structlog
 
+    before_config = structlog.get_config()
     configure_structlog()  # as the CLI does: structlog events through stdlib logging
+    # but cache no logger: later tests capture logs with structlog.testing
+    structlog.configure(cache_logger_on_first_use=False)
     health = logging.getLogger("health")
     before = list(health.handlers)
     out = io.StringIO()
@@ -107,7 +110,7 @@ def health_log_shown() -> Iterator[io.StringIO]:
     yield out
     health.handlers = before
     health.propagate = True
-    structlog.reset_defaults()
+    structlog.configure(**before_config)
 
 
 async def test_tts_quota_exceeded_moves_off_cartesia(

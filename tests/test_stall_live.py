@@ -91,15 +91,15 @@ async def test_interims_keep_coming_through_a_long_turn(
     speech_s = long_turn.size / RATE - 1.8
     assert speech_s > 8.0  # a real long turn
     plain = deepgram.STT(api_key="sim-key", base_url=sim.base_url)
-    events, error = await _stream(plain, long_turn)
+    events, error = await _stream(plain, long_turn, speed=1.0)
     await plain.aclose()
     assert error is None
     interims = [at for at, ev in events if ev.type is Kind.INTERIM_TRANSCRIPT]
     finals = [ev.alternatives[0].text for _, ev in events if ev.type is Kind.FINAL_TRANSCRIPT]
     # about one interim per second of speech, however long the utterance has grown
-    assert len(interims) >= 0.6 * speech_s, (len(interims), speech_s)
+    assert len(interims) >= 0.5 * speech_s, (len(interims), speech_s)
     gaps = np.diff(interims)
-    # 1 s of audio is 0.5 s here: even on a busy machine, never a stall-sized gap
+    # even on a busy machine, never a stall-sized gap
     assert gaps.max() < DEADLINES.stall_s, gaps
     assert any("example" in f or "tomorrow" in f for f in finals), finals
 

@@ -159,6 +159,7 @@ SCENARIOS: dict[str, Scenario] = {
             "every cloud provider fails (quota, 5xx, 429, reset): the free providers answer",
             faults=(
                 _always("deepgram", Fault(FaultType.STATUS, status=503)),
+                _always("google-stt", Fault(FaultType.QUOTA)),
                 _always("openai", Fault(FaultType.STATUS, status=500)),
                 _always("openrouter", Fault(FaultType.STATUS, status=429)),
                 _always("gemini", Fault(FaultType.RESET)),
