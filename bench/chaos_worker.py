@@ -31,6 +31,7 @@ from agent.launch import run_worker_command
 from agent.readiness import HealthEndpoint
 from agent.settings import Settings, load_settings
 from agent.worker import build_session, prewarm
+from plugins.sim import phone_line  # noqa: F401 - imported before a call, not during one
 
 CALLER_LINES = (
     "Hi, I would like to know your pricing.",

@@ -527,3 +527,27 @@ def test_worker_start_check_reads_and_reencrypts_a_journal_under_the_previous_ke
         load_settings(data_dir=tmp_path, encryption_key=OTHER_KEY, encryption_key_previous=KEY)
     )
     assert JournalStore.in_dir(tmp_path, OTHER_KEY).call_info("c") == {"phone": PHONE}
+
+
+async def test_a_call_recovered_while_alive_sends_the_rest_of_its_transcript_once(
+    tmp_path: Path, sim: GhlSimulator, client: GhlClient
+) -> None:
+    """Its loop was blocked past the lease: another worker finished it; nothing is lost."""
+    live = JournalStore.in_dir(tmp_path, KEY)
+    rec = CallRecorder(live, "c-live", caller_phone=PHONE)
+    rec.record_message("assistant", "Hello!")
+    live._db.execute("UPDATE calls SET lease_until=0")  # the renewals did not come in time
+    other = JournalStore.in_dir(tmp_path, KEY)
+    other.owner = "another-worker"
+    deliverer = _deliverer(other, client, [])
+    assert (await deliverer.deliver_once()).recovered_calls == 1
+    rec.record_message("user", "Hi, I'm still here.")
+    rec.finish(reason="completed")
+    assert await deliverer.drain(10)
+    notes = _notes(sim)
+    assert [_transcript_lines(n) for n in notes] == [
+        ["Agent: Hello!"],
+        ["Caller: Hi, I'm still here."],
+    ]
+    rec.finish(reason="completed")  # idempotent
+    assert (await deliverer.deliver_once()).delivered == 0

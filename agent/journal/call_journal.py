@@ -258,6 +258,7 @@ class CallJournal:
         del self._held[: len(batch)]
         self._gauge()
         self._recovered(len(batch))
+        self._renew()
         return True
 
     def _renew(self) -> None:

@@ -65,9 +65,15 @@ def add_tags(ref: dict[str, Any], tags: list[str]) -> NewOutboxItem:
     return NewOutboxItem(ADD_TAGS, {"contact": ref, "tags": tags})
 
 
-def add_note(ref: dict[str, Any], body: str, *, uid: str | None = None) -> NewOutboxItem:
+def add_note(
+    ref: dict[str, Any], body: str, *, uid: str | None = None, through_seq: int | None = None
+) -> NewOutboxItem:
+    """``through_seq``: a transcript's last record, so a later part can follow it."""
     uid = uid or uuid.uuid4().hex
-    return NewOutboxItem(ADD_NOTE, {"contact": ref, "body": body}, uid=uid)
+    payload: dict[str, Any] = {"contact": ref, "body": body}
+    if through_seq is not None:
+        payload["through_seq"] = through_seq
+    return NewOutboxItem(ADD_NOTE, payload, uid=uid)
 
 
 def book_appointment(

@@ -14,7 +14,9 @@ import hashlib
 import os
 import socket
 
-CALL_LEASE_S = 15.0  # a call's lease; its process renews it every third of that
+# A call's lease; its process renews it every third of that. Long enough that a call whose
+# event loop is blocked for a while (a slow import on a loaded machine) keeps its call.
+CALL_LEASE_S = 60.0
 
 
 def _start_ticks(pid: int) -> str | None:
