@@ -109,12 +109,21 @@ class JobLoadReporter:
             self._write()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """A full or read-only DATA_DIR must not end the call: the report is only a hint for
+        the worker's load, written again at the next switch."""
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(
-            json.dumps({"pid": self.pid, "providers": self.providers, "updated_at": time.time()})
-        )
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(
+                json.dumps(
+                    {"pid": self.pid, "providers": self.providers, "updated_at": time.time()}
+                )
+            )
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warning("call load report not written; the call goes on", error=str(e))
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def close(self) -> None:
         with contextlib.suppress(FileNotFoundError):

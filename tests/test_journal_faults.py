@@ -551,3 +551,13 @@ async def test_a_call_recovered_while_alive_sends_the_rest_of_its_transcript_onc
     ]
     rec.finish(reason="completed")  # idempotent
     assert (await deliverer.deliver_once()).delivered == 0
+
+
+def test_a_full_data_dir_does_not_end_a_call_through_its_load_report(small_fs: Path) -> None:
+    """Found by bench.chaos: a call starting while DATA_DIR was full died in its load report."""
+    from agent.load import JobLoadReporter
+
+    _fill(small_fs)
+    reporter = JobLoadReporter(small_fs, "job-1")
+    reporter.update({"stt": "deepgram", "llm": "openai", "tts": "cartesia"})  # no OSError
+    assert reporter.providers["stt"] == "deepgram"
