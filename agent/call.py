@@ -18,6 +18,7 @@ from agent.responder.lead import LeadSink
 from agent.responder.sales_responder import SalesResponder
 from agent.responder.sales_script import SalesScript
 from agent.settings import Settings
+from plugins.catalog import CATALOG
 from plugins.chain import Chains, build_chains
 from plugins.observability.metrics import PrometheusObserver, StoreMetrics
 from plugins.observability.switches import SwitchEvent, SwitchTracker
@@ -52,8 +53,6 @@ def open_health_store(settings: Settings) -> HealthStore:
 
 def call_specs(settings: Settings) -> list[ProviderSpec]:
     """Every slot's specs in order, with price overrides and (optionally) cheapest-first."""
-    from plugins.catalog import CATALOG
-
     specs: list[ProviderSpec] = []
     for slot in ("stt", "llm", "tts"):
         slot_specs = settings.provider_specs(slot)  # type: ignore[arg-type]
@@ -64,7 +63,7 @@ def call_specs(settings: Settings) -> list[ProviderSpec]:
                 extra["price_per_unit_usd"] = str(settings.provider_prices_usd[spec.key])
             priced.append(_with_extra(spec, extra))
         if settings.prefer_cheapest:
-            priced = cheapest_first(priced, lambda s: _price(s, CATALOG))
+            priced = cheapest_first(priced, _price)
         specs.extend(priced)
     return specs
 
@@ -75,11 +74,11 @@ def _with_extra(spec: ProviderSpec, extra: dict[str, str]) -> ProviderSpec:
     )
 
 
-def _price(spec: ProviderSpec, catalog: dict[str, Any]) -> float:
+def _price(spec: ProviderSpec) -> float:
     if "price_per_unit_usd" in spec.extra:
         return float(spec.extra["price_per_unit_usd"])
-    entry = catalog.get(spec.key)
-    return float(entry.price_per_unit_usd) if entry is not None else 0.0
+    entry = CATALOG.get(spec.slot, spec.name)
+    return entry.price_per_unit_usd if entry is not None else 0.0
 
 
 def cheapest_first(
@@ -91,12 +90,10 @@ def cheapest_first(
     a local provider placed between cloud ones (local-tts between Cartesia and ElevenLabs) is a
     deliberate quality choice the sort must not cross.
     """
-    from plugins.spec import LOCAL_PROVIDERS
-
     out: list[ProviderSpec] = []
     run: list[ProviderSpec] = []
     for spec in specs:
-        if spec.name in LOCAL_PROVIDERS:
+        if spec.name in CATALOG.local_names:
             out.extend(sorted(run, key=price))
             run = []
             out.append(spec)

@@ -3,42 +3,48 @@
 A bad value must stop the process with one line that names the variable, what is wrong with it
 and how to fix it, without ever echoing a secret: :func:`load_settings` turns pydantic's
 validation errors into such lines (:class:`SettingsError`).
+
+The provider settings (keys, base URLs, models, voices, options) are not written here: each
+provider's definition declares them (:mod:`plugins.providers`), and :data:`Settings` is this
+module's :class:`CoreSettings` plus one field per declared option, made when the module is
+imported, after the catalog discovered installed provider packages. Their defaults therefore
+exist once, in the definition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from plugins.spec import KNOWN_PROVIDERS, ProviderSpec, Slot
+from plugins.catalog import CATALOG, SLOTS
+from plugins.providers.definition import Option
+from plugins.spec import ProviderSpec, Slot
 
 ProviderList = Annotated[list[str], NoDecode]
 ProviderAmounts = Annotated[dict[str, float], NoDecode]
 
 _SECRET_FIELDS = frozenset(
     {
-        "cartesia_api_key",
-        "deepgram_api_key",
-        "openrouter_api_key",
-        "openai_api_key",
-        "google_api_key",
-        "elevenlabs_api_key",
         "livekit_api_key",
         "livekit_api_secret",
         "ghl_api_key",
         "encryption_key",
         "encryption_key_previous",
     }
+    | {o.field for o in CATALOG.options() if o.kind == "secret"}
 )
 
 
@@ -50,13 +56,19 @@ def _split_providers(value: Any, slot: Slot) -> list[str]:
     if not names:
         raise ValueError(
             f"is empty; list {slot.upper()} providers in order, e.g. "
-            f"{','.join(KNOWN_PROVIDERS[slot])}"
+            f"{','.join(CATALOG.default_order[slot])}"
         )
-    known = KNOWN_PROVIDERS[slot]
+    known = CATALOG.known(slot)
     for name in names:
         if name not in known:
+            broken = (
+                f" (provider plugins that failed to load: {', '.join(sorted(CATALOG.broken))})"
+                if CATALOG.broken
+                else ""
+            )
             raise ValueError(
-                f"names unknown {slot.upper()} provider {name!r}; choose from {', '.join(known)}"
+                f"names unknown {slot.upper()} provider {name!r}; "
+                f"choose from {', '.join(known)}{broken}"
             )
     if len(set(names)) != len(names):
         raise ValueError("lists a provider twice; name each provider once")
@@ -80,7 +92,7 @@ def _parse_amounts(value: Any) -> dict[str, float]:
     for name, amount in items:
         key = str(name).strip().lower()
         slot, _, provider = key.partition(":")
-        if slot not in KNOWN_PROVIDERS or provider not in KNOWN_PROVIDERS[slot]:  # type: ignore[comparison-overlap]
+        if slot not in SLOTS or CATALOG.get(slot, provider) is None:  # type: ignore[arg-type]
             raise ValueError(
                 f"names unknown provider {key!r}; write slot:provider, e.g. tts:cartesia"
             )
@@ -94,8 +106,8 @@ def _parse_amounts(value: Any) -> dict[str, float]:
     return out
 
 
-class Settings(BaseSettings):
-    """Every knob of the agent. Field ``foo_bar`` is read from env var ``FOO_BAR``."""
+class CoreSettings(BaseSettings):
+    """Every knob of the agent but the providers' own. Field ``foo_bar`` is env var ``FOO_BAR``."""
 
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -106,45 +118,9 @@ class Settings(BaseSettings):
     )
 
     # -- provider chains ------------------------------------------------------------------
-    stt_providers: ProviderList = Field(default_factory=lambda: list(KNOWN_PROVIDERS["stt"]))
-    llm_providers: ProviderList = Field(default_factory=lambda: list(KNOWN_PROVIDERS["llm"]))
-    tts_providers: ProviderList = Field(default_factory=lambda: list(KNOWN_PROVIDERS["tts"]))
-
-    # -- speech to text ---------------------------------------------------------------------
-    deepgram_api_key: SecretStr | None = None
-    deepgram_base_url: AnyHttpUrl | None = None
-    deepgram_model: str = "nova-3"
-    google_application_credentials: Path | None = None
-    google_stt_model: str = "latest_long"
-    google_stt_location: str = "global"
-    #: host:port of a plaintext gRPC Speech endpoint (the simulator); unset: Google itself
-    google_stt_target: str | None = None
-    whisper_model: str = "whisper-1"
-    stt_language: str = "en-US"
-
-    # -- language models --------------------------------------------------------------------
-    openrouter_api_key: SecretStr | None = None
-    openrouter_app_name: str = "Never Silent Sales Agent"
-    openrouter_app_url: AnyHttpUrl | None = None
-    openrouter_base_url: AnyHttpUrl | None = None
-    openrouter_model: str = "openai/gpt-4o-mini"
-    openai_api_key: SecretStr | None = None
-    openai_base_url: AnyHttpUrl | None = None
-    openai_model: str = "gpt-4o-mini"
-    google_api_key: SecretStr | None = None
-    google_base_url: AnyHttpUrl | None = None
-    google_llm_model: str = "gemini-2.0-flash"
-
-    # -- text to speech ---------------------------------------------------------------------
-    cartesia_api_key: SecretStr | None = None
-    cartesia_base_url: AnyHttpUrl | None = None
-    cartesia_model: str = "sonic-2"
-    cartesia_voice: str = "794f9389-aac1-45b6-b726-9d9369183238"
-    elevenlabs_api_key: SecretStr | None = None
-    elevenlabs_base_url: AnyHttpUrl | None = None
-    elevenlabs_model: str = "eleven_flash_v2_5"
-    elevenlabs_voice: str = "EXAVITQu4vr4xnVDxPzn"
-    local_tts_voice: str = "en-us"
+    stt_providers: ProviderList = Field(default_factory=lambda: list(CATALOG.default_order["stt"]))
+    llm_providers: ProviderList = Field(default_factory=lambda: list(CATALOG.default_order["llm"]))
+    tts_providers: ProviderList = Field(default_factory=lambda: list(CATALOG.default_order["tts"]))
 
     # -- LiveKit ----------------------------------------------------------------------------
     livekit_url: str | None = None
@@ -233,16 +209,6 @@ class Settings(BaseSettings):
             )
         return v
 
-    @field_validator("google_application_credentials")
-    @classmethod
-    def _credentials_file(cls, v: Path | None) -> Path | None:
-        if v is not None and str(v) and not v.is_file():
-            raise ValueError(
-                f"points to {str(v)!r}, which is not a file; give the path of a Google "
-                "service-account JSON file or unset it"
-            )
-        return v
-
     @field_validator("livekit_url")
     @classmethod
     def _livekit_url(cls, v: str | None) -> str | None:
@@ -285,95 +251,80 @@ class Settings(BaseSettings):
         """The configured chain for one slot, in order. Keys may be missing: the chain builder
         skips such providers with one log line."""
         order = {"stt": self.stt_providers, "llm": self.llm_providers, "tts": self.tts_providers}
-        return [self._spec(slot, name) for name in order[slot]]
+        return [CATALOG.lookup(slot, name).spec(self.option) for name in order[slot]]
 
-    def _spec(self, slot: Slot, name: str) -> ProviderSpec:
-        def url(u: AnyHttpUrl | None) -> str | None:
-            return str(u).rstrip("/") if u is not None else None
+    def with_options(self, values: Mapping[str, str | None]) -> Self:
+        """A copy with provider settings replaced, by variable name (``None`` unsets one)."""
+        by_env = {o.env: o for o in CATALOG.options()}
+        update: dict[str, Any] = {}
+        for env, value in values.items():
+            option = by_env.get(env)
+            if option is None:
+                raise ValueError(f"no provider reads a setting named {env}")
+            update[option.field] = None if value is None else _typed(option, value)
+        return self.model_copy(update=update)
 
-        match (slot, name):
-            case ("stt", "deepgram"):
-                return ProviderSpec(
-                    slot,
-                    name,
-                    url(self.deepgram_base_url),
-                    self.deepgram_model,
-                    api_key=self.secret("deepgram_api_key"),
-                    extra={"language": self.stt_language},
-                )
-            case ("stt", "google"):
-                # a service-account file if given, else the API key (see catalog.google_stt_auth)
-                creds = self.google_application_credentials
-                extra = {"language": self.stt_language, "location": self.google_stt_location}
-                if creds:
-                    extra["credentials_file"] = str(creds)
-                return ProviderSpec(
-                    slot,
-                    name,
-                    self.google_stt_target,
-                    self.google_stt_model,
-                    api_key=self.secret("google_api_key"),
-                    extra=extra,
-                )
-            case ("stt", "whisper"):
-                return ProviderSpec(
-                    slot,
-                    name,
-                    url(self.openai_base_url),
-                    self.whisper_model,
-                    api_key=self.secret("openai_api_key"),
-                    extra={"language": self.stt_language.split("-")[0]},
-                )
-            case ("llm", "openrouter"):
-                extra = {"app_name": self.openrouter_app_name}
-                if self.openrouter_app_url is not None:
-                    extra["app_url"] = str(self.openrouter_app_url)
-                return ProviderSpec(
-                    slot,
-                    name,
-                    url(self.openrouter_base_url),
-                    self.openrouter_model,
-                    api_key=self.secret("openrouter_api_key"),
-                    extra=extra,
-                )
-            case ("llm", "openai"):
-                return ProviderSpec(
-                    slot,
-                    name,
-                    url(self.openai_base_url),
-                    self.openai_model,
-                    api_key=self.secret("openai_api_key"),
-                )
-            case ("llm", "google"):
-                return ProviderSpec(
-                    slot,
-                    name,
-                    url(self.google_base_url),
-                    self.google_llm_model,
-                    api_key=self.secret("google_api_key"),
-                )
-            case ("tts", "cartesia"):
-                return ProviderSpec(
-                    slot,
-                    name,
-                    url(self.cartesia_base_url),
-                    self.cartesia_model,
-                    self.cartesia_voice,
-                    api_key=self.secret("cartesia_api_key"),
-                )
-            case ("tts", "elevenlabs"):
-                return ProviderSpec(
-                    slot,
-                    name,
-                    url(self.elevenlabs_base_url),
-                    self.elevenlabs_model,
-                    self.elevenlabs_voice,
-                    api_key=self.secret("elevenlabs_api_key"),
-                )
-            case ("tts", "local-tts"):
-                return ProviderSpec(slot, name, voice=self.local_tts_voice)
-            case _:
-                return ProviderSpec(slot, name)
+    def option(self, option: Option) -> str | None:
+        """One provider setting as text (a secret revealed, a URL without its trailing /)."""
+        value = getattr(self, option.field, None)
+        if value is None:
+            return None
+        if isinstance(value, SecretStr):
+            raw = value.get_secret_value()
+        elif isinstance(value, AnyHttpUrl):
+            raw = str(value).rstrip("/")
+        else:
+            raw = str(value)
+        return raw or None
+
+
+def _typed(option: Option, value: str) -> Any:
+    if option.kind == "secret":
+        return SecretStr(value)
+    if option.kind == "url":
+        return AnyHttpUrl(value)
+    if option.kind == "file":
+        return Path(value)
+    return value
+
+
+def _is_file(env: str) -> Any:
+    def check(path: Path | None) -> Path | None:
+        if path is not None and str(path) and not path.is_file():
+            raise ValueError(
+                f"points to {str(path)!r}, which is not a file; give the path of the file or unset {env}"
+            )
+        return path
+
+    return AfterValidator(check)
+
+
+def _field(option: Option) -> tuple[Any, Any]:
+    """The pydantic field of one provider option: its type, default and description."""
+    described = Field(default=option.default, description=option.help)
+    if option.kind == "secret":
+        return SecretStr | None, described
+    if option.kind == "url":
+        return AnyHttpUrl | None, described
+    if option.kind == "file":
+        return Annotated[Path | None, _is_file(option.env)], described
+    return (str if option.default is not None else str | None), described
+
+
+def _compose() -> type[CoreSettings]:
+    fields = {o.field: _field(o) for o in CATALOG.options()}
+    clash = sorted(set(fields) & set(CoreSettings.model_fields))
+    if clash:
+        raise ValueError(f"provider settings {', '.join(clash)} clash with the agent's own")
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        "Settings", __base__=CoreSettings, __module__=__name__, **fields
+    )
+
+
+if TYPE_CHECKING:
+    Settings = CoreSettings
+else:
+    Settings = _compose()
 
 
 class SettingsError(Exception):

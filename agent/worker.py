@@ -12,17 +12,7 @@ from typing import Any
 
 import structlog
 from livekit.agents import AgentSession, JobContext, JobProcess, TurnHandlingOptions, inference
-
-# LiveKit plugins register themselves on import and refuse to do so off the main thread (the
-# console runs jobs in a thread): import every plugin the catalog may build here, at start-up.
-from livekit.plugins import (  # noqa: F401
-    cartesia,
-    deepgram,
-    elevenlabs,
-    google,
-    openai,
-    silero,
-)
+from livekit.plugins import silero
 
 from agent.call import CallRuntime, build_call_runtime
 from agent.drain import DrainingServer, production_server
@@ -30,8 +20,12 @@ from agent.logs import configure_structlog
 from agent.readiness import HealthEndpoint
 from agent.responder.lead import LeadSink
 from agent.settings import Settings, load_settings
+from plugins.catalog import CATALOG, import_plugins
 from plugins.resilience.types import GuardObserver
-from plugins.spec import FLOOR_PROVIDER
+
+# LiveKit plugins register themselves on import and refuse to do so off the main thread (the
+# console runs jobs in a thread): every plugin a provider definition names is imported here.
+import_plugins()
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +51,7 @@ def prewarm(proc: JobProcess) -> None:
 def providers_in_chains(settings: Settings) -> set[str]:
     """Every provider a call may use: the configured ones and the floors, always present."""
     configured = {*settings.stt_providers, *settings.tts_providers, *settings.llm_providers}
-    return configured | set(FLOOR_PROVIDER.values())
+    return configured | set(CATALOG.floors.values())
 
 
 async def build_session(

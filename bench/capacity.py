@@ -160,15 +160,16 @@ def _stock_session(settings: Any, vad: Any, closers: list[Any]) -> Any:
     from livekit.agents.stt import STT
     from livekit.agents.tts import TTS
 
-    from plugins.catalog import BuildContext, entry_for
+    from plugins.catalog import definition_for
+    from plugins.providers.definition import BuildContext
 
     http = aiohttp.ClientSession()
     closers.append(http.close)
     ctx = BuildContext(http_session=http)
     stt_spec, llm_spec, tts_spec = (settings.provider_specs(s)[0] for s in ("stt", "llm", "tts"))
-    stt = entry_for(stt_spec).build(stt_spec, ctx)
-    llm = entry_for(llm_spec).build(llm_spec, ctx)
-    tts = entry_for(tts_spec).build(tts_spec, ctx)
+    stt = definition_for(stt_spec).build(stt_spec, ctx)
+    llm = definition_for(llm_spec).build(llm_spec, ctx)
+    tts = definition_for(tts_spec).build(tts_spec, ctx)
     assert isinstance(stt, STT) and isinstance(llm, LLM) and isinstance(tts, TTS)
     return AgentSession(stt=stt, llm=llm, tts=tts, vad=vad)
 

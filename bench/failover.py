@@ -32,9 +32,10 @@ from typing import Any
 import structlog
 from livekit.agents import llm, tts, utils
 
-from plugins.catalog import CATALOG, BuildContext
+from plugins.catalog import definition_for
 from plugins.chain import build_chains
 from plugins.local.scripted_llm import ScriptedLLM
+from plugins.providers.definition import BuildContext
 from plugins.resilience.deadlines import DEFAULT_DEADLINES, AdaptiveDeadline
 from plugins.resilience.guard import Guard
 from plugins.resilience.guard_llm import GuardedLLM
@@ -137,7 +138,7 @@ def spec_for(slot: str, sim: HttpSimulator) -> ProviderSpec:
 
 def stock_adapter(slot: str, sim: HttpSimulator) -> Any:
     spec = spec_for(slot, sim)
-    primary = CATALOG[spec.key].build(spec, BuildContext())
+    primary = definition_for(spec).build(spec, BuildContext())
     if slot == "llm":
         return llm.FallbackAdapter([primary, ScriptedLLM()])  # type: ignore[list-item]
     from plugins.local.espeak_tts import EspeakTTS

@@ -1,367 +1,225 @@
-"""Every provider the chains know: how to build its LiveKit plugin from a :class:`ProviderSpec`.
+"""Every provider the chains know: the built-in definitions, then those installed packages add.
 
-One entry per (slot, name). An entry knows whether the provider needs a key (and so is skipped
-without one), whether it is local (no network: always last, always present), whether its
-plugin streams, the unit it is billed in and a default list price used when settings give
-none. Plugin modules are imported only when an entry is built, so a missing optional plugin
-breaks only the provider that uses it.
+Built-ins live in :mod:`plugins.providers` (one module per vendor). A package adds providers by
+declaring an entry point in the group ``never_silent.providers`` whose object is a
+:class:`~plugins.providers.definition.Provider`, a sequence of them, or a function returning
+either; once installed, its names work in ``TTS_PROVIDERS`` etc., ``doctor`` and ``status``.
+The catalog is read once, when this module is imported. A package that fails to load is left
+out, logged once when the worker starts, shown by ``doctor`` and named in the error of any
+setting that asks for it, so a broken plugin never stops a worker that does not use it.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+import importlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
-import aiohttp
 import structlog
-from livekit.agents import llm, stt, tts
 
-from plugins.local.responder import Responder
-from plugins.resilience.guard import UNIT_LLM, UNIT_STT, UNIT_TTS
-from plugins.resilience.response_tap import ResponseTap
-from plugins.spec import FLOOR_PROVIDER, KNOWN_PROVIDERS, ProviderSpec, Slot
+from plugins.providers import cartesia, deepgram, elevenlabs, google, local, openai, openrouter
+from plugins.providers.definition import (
+    Option,
+    Provider,
+    ProviderUnusableError,
+    SimulatorHook,
+)
+from plugins.spec import ProviderSpec, Slot
 
-Plugin = stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any]
+log = structlog.get_logger(__name__)
 
+ENTRY_POINT_GROUP = "never_silent.providers"
+SLOTS: tuple[Slot, ...] = ("stt", "llm", "tts")
 
-@dataclass(frozen=True)
-class BuildContext:
-    """What a builder may use besides the spec.
-
-    ``http_session``: for aiohttp-based plugins, a session the chain traces (to read the
-    headers of error responses); None lets the plugin use LiveKit's job-wide session.
-    """
-
-    http_session: aiohttp.ClientSession | None = None
-    tap: ResponseTap | None = None  # OpenAI-SDK plugins: our client reports error responses
-    responder: Responder | None = None  # what free-llm says: the application's, if it has one
-
-
-def _openai_client(spec: ProviderSpec, ctx: BuildContext, default_base_url: str) -> Any:
-    """An OpenAI SDK client like the plugin's own, plus the tap's response hook (or None)."""
-    if ctx.tap is None:
-        return None
-    import httpx2
-    import openai as openai_sdk
-
-    return openai_sdk.AsyncClient(
-        api_key=spec.api_key,
-        base_url=spec.base_url or default_base_url,
-        max_retries=0,
-        http_client=httpx2.AsyncClient(
-            timeout=httpx2.Timeout(connect=15.0, read=5.0, write=5.0, pool=5.0),
-            follow_redirects=True,
-            limits=httpx2.Limits(
-                max_connections=50, max_keepalive_connections=50, keepalive_expiry=120
-            ),
-            event_hooks={"response": [ctx.tap.httpx_hook()]},
-        ),
-    )
-
-
-class ProviderUnusableError(ValueError):
-    """The spec cannot build this provider (missing key or credentials, bad option)."""
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    slot: Slot
-    name: str
-    build: Callable[[ProviderSpec, BuildContext], Plugin]
-    needs_key: bool
-    is_local: bool
-    streaming: bool
-    cost_unit: str
-    price_per_unit_usd: float  # default list price; settings may override
-    key_hint: str = ""  # the setting that enables it, for the one "skipped" log line
-    probe_kwargs: dict[str, Any] = field(default_factory=dict)  # LLM: keep the probe to 1 token
-
-    @property
-    def uses_aiohttp(self) -> bool:
-        return self.key in _AIOHTTP_PLUGINS
-
-    @property
-    def key(self) -> str:
-        return f"{self.slot}:{self.name}"
-
-
-def _extra_float(spec: ProviderSpec, name: str) -> float | None:
-    value = spec.extra.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise ProviderUnusableError(
-            f"{spec.key}: extra option {name}={value!r} is not a number"
-        ) from None
-
-
-# -- STT -------------------------------------------------------------------------------------
-
-
-def _deepgram_stt(spec: ProviderSpec, ctx: BuildContext) -> stt.STT[Any]:
-    from livekit.plugins import deepgram
-
-    kwargs: dict[str, Any] = {"model": spec.model or "nova-3", "api_key": spec.api_key}
-    if ctx.http_session is not None:
-        kwargs["http_session"] = ctx.http_session
-    if spec.base_url:
-        kwargs["base_url"] = spec.base_url
-    if language := spec.extra.get("language"):
-        kwargs["language"] = language
-    return deepgram.STT(**kwargs)
-
-
-#: Speech-to-Text v2 addresses a recognizer inside a project, which an API key does not name.
-GOOGLE_STT_V2_NEEDS_PROJECT = (
-    "is a Speech-to-Text v2 model, which needs a service account "
-    "(GOOGLE_APPLICATION_CREDENTIALS); use a v1 model such as latest_long with GOOGLE_API_KEY"
+#: The built-in providers, in each slot's default order (DESIGN.md).
+BUILTIN: tuple[Provider, ...] = (
+    deepgram.STT,
+    google.STT,
+    openai.WHISPER,
+    local.FREE_STT,
+    openrouter.LLM,
+    openai.LLM,
+    google.LLM,
+    local.FREE_LLM,
+    cartesia.TTS,
+    local.LOCAL_TTS,
+    elevenlabs.TTS,
+    local.FREE_TTS,
 )
 
 
-def google_stt_auth(spec: ProviderSpec) -> tuple[str, str]:
-    """("service-account", file) or ("api-key", key) for Google STT, the file first.
+@dataclass(frozen=True)
+class Catalog:
+    """The providers known in this process, keyed ``slot:name``, built-ins first."""
 
-    Speech-to-Text v1 accepts an API key (``x-goog-api-key``) where the key's project has the
-    API enabled; the LiveKit plugin takes it through its public ``credentials`` argument.
+    providers: Mapping[str, Provider]
+    default_order: Mapping[Slot, tuple[str, ...]]
+    broken: Mapping[str, str] = field(default_factory=dict)  # entry point -> why not loaded
+    origin: Mapping[str, str] = field(default_factory=dict)  # provider id -> distribution
+
+    def known(self, slot: Slot) -> tuple[str, ...]:
+        return tuple(p.name for p in self.providers.values() if p.slot == slot)
+
+    def floor(self, slot: Slot) -> str:
+        return next(p.name for p in self.providers.values() if p.slot == slot and p.floor)
+
+    @property
+    def floors(self) -> dict[Slot, str]:
+        return {slot: self.floor(slot) for slot in SLOTS}
+
+    @property
+    def local_names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.providers.values() if p.local)
+
+    def get(self, slot: Slot, name: str) -> Provider | None:
+        return self.providers.get(f"{slot}:{name}")
+
+    def lookup(self, slot: Slot, name: str) -> Provider:
+        """The definition, or an error that names the choices (and a plugin that failed)."""
+        found = self.get(slot, name)
+        if found is not None:
+            return found
+        raise ProviderUnusableError(self.unknown(slot, name))
+
+    def unknown(self, slot: Slot, name: str) -> str:
+        """One line: ``name`` is not a ``slot`` provider; what is."""
+        line = f"unknown {slot} provider {name!r}; choose one of {', '.join(self.known(slot))}"
+        if self.broken:
+            line += f" (plugins that failed to load: {', '.join(sorted(self.broken))})"
+        return line
+
+    def options(self) -> tuple[Option, ...]:
+        """Every provider setting, once each, in catalog order.
+
+        Providers may share a setting (``OPENAI_API_KEY``) only by declaring the same one.
+        """
+        seen: dict[str, Option] = {}
+        for provider in self.providers.values():
+            for option in provider.settings_options():
+                other = seen.setdefault(option.env, option)
+                if other != option:
+                    raise ValueError(
+                        f"{provider.id} declares {option.env} differently from another provider"
+                    )
+        return tuple(seen.values())
+
+    def simulators(self) -> dict[str, SimulatorHook]:
+        """Each simulator once (one may serve several providers), in catalog order."""
+        hooks: dict[str, SimulatorHook] = {}
+        for provider in self.providers.values():
+            if provider.simulator is not None:
+                hooks.setdefault(provider.simulator.name, provider.simulator)
+        return hooks
+
+    def served_by(self, simulator: str) -> tuple[Provider, ...]:
+        return tuple(
+            p
+            for p in self.providers.values()
+            if p.simulator is not None and p.simulator.name == simulator
+        )
+
+    def plugin_modules(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m for p in self.providers.values() for m in p.plugin_modules))
+
+
+def _as_providers(loaded: object) -> list[Provider]:
+    if callable(loaded) and not isinstance(loaded, Provider):
+        loaded = loaded()
+    items: Iterable[object] = [loaded] if isinstance(loaded, Provider) else loaded  # type: ignore[assignment]
+    providers = list(items)
+    for item in providers:
+        if not isinstance(item, Provider):
+            raise TypeError(f"gave {type(item).__name__}, not a plugins.providers Provider")
+    return providers  # type: ignore[return-value]
+
+
+def load_catalog(
+    entry_points: Iterable[metadata.EntryPoint] | None = None,
+) -> Catalog:
+    """The built-ins plus every provider the installed packages declare."""
+    providers: dict[str, Provider] = {p.id: p for p in BUILTIN}
+    origin: dict[str, str] = dict.fromkeys(providers, "built-in")
+    broken: dict[str, str] = {}
+    found = metadata.entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
+    for ep in found:
+        where = ep.dist.name if ep.dist is not None else ep.value
+        try:
+            added = _as_providers(ep.load())
+        except Exception as e:  # a third party's import error must not stop the worker
+            broken[ep.name] = f"{where}: {type(e).__name__}: {e}"
+            continue
+        for provider in added:
+            problem = _refuse(provider, providers)
+            if problem:
+                broken[ep.name] = f"{where}: {problem}"
+                continue
+            providers[provider.id] = provider
+            origin[provider.id] = where
+    order = {s: tuple(p.name for p in BUILTIN if p.slot == s) for s in SLOTS}
+    return Catalog(providers, order, broken, origin)
+
+
+def _refuse(provider: Provider, known: Mapping[str, Provider]) -> str | None:
+    if provider.id in known:
+        return f"{provider.id} is already defined; pick another name"
+    if provider.floor:
+        return f"{provider.id}: only the built-in local providers end a chain (floor=True)"
+    return None
+
+
+CATALOG: Catalog = load_catalog()
+
+
+def import_plugins(catalog: Catalog = CATALOG) -> None:
+    """Import every LiveKit plugin a provider may build.
+
+    LiveKit plugins register themselves on import and refuse to do so off the main thread (the
+    console runs jobs in a thread): the worker calls this at start-up, on the main thread.
+    Provider packages that failed to load are logged here, once, where a worker starts.
     """
-    if file := spec.extra.get("credentials_file"):
-        return "service-account", file
-    if spec.api_key and spec.api_key.strip():
-        return "api-key", spec.api_key
-    raise ProviderUnusableError(
-        f"{spec.key}: needs a service-account file (GOOGLE_APPLICATION_CREDENTIALS) "
-        "or an API key with Speech-to-Text enabled (GOOGLE_API_KEY)"
+    for name, why in sorted(catalog.broken.items()):
+        log.error(
+            "provider package failed to load; its providers are left out",
+            entry_point=name,
+            error=why,
+        )
+    for module in catalog.plugin_modules():
+        importlib.import_module(module)
+
+
+def definition_for(spec: ProviderSpec, catalog: Catalog = CATALOG) -> Provider:
+    """The definition that builds ``spec``: its own factory, else the catalog's entry."""
+    if spec.factory is not None:
+        return custom_definition(spec)
+    return catalog.lookup(spec.slot, spec.name)
+
+
+def custom_definition(spec: ProviderSpec) -> Provider:
+    """A definition for a spec that carries its own factory (or a ready LiveKit plugin).
+
+    Guarded like any cloud provider; it needs a key only if the spec gives one.
+    """
+    factory = spec.factory
+
+    def build(s: ProviderSpec, ctx: Any) -> Any:
+        made = factory(s, ctx) if callable(factory) and not _is_plugin(factory) else factory
+        if not _is_plugin(made):
+            raise ProviderUnusableError(
+                f"{s.key}: the factory gave {type(made).__name__}, not a LiveKit STT/LLM/TTS"
+            )
+        return made
+
+    return Provider(
+        slot=spec.slot,
+        name=spec.name,
+        build=build,
+        summary="custom provider (in code)",
     )
 
 
-def _google_stt(spec: ProviderSpec, ctx: BuildContext) -> stt.STT[Any]:
-    from typing import get_args
+def _is_plugin(value: object) -> bool:
+    from livekit.agents import llm, stt, tts
 
-    from google.auth import api_key
-    from livekit.plugins import google
-    from livekit.plugins.google.models import SpeechModelsV2
-
-    kind, credential = google_stt_auth(spec)
-    kwargs: dict[str, Any] = {}
-    if spec.model:
-        kwargs["model"] = spec.model
-    if language := spec.extra.get("language"):
-        kwargs["languages"] = language
-    if kind == "service-account":
-        if not os.path.isfile(credential):
-            raise ProviderUnusableError(
-                f"{spec.key}: service-account credentials file {credential!r} not found "
-                "(GOOGLE_APPLICATION_CREDENTIALS)"
-            )
-        kwargs["credentials_file"] = credential
-    else:
-        if spec.model in get_args(SpeechModelsV2):
-            raise ProviderUnusableError(
-                f"{spec.key}: model {spec.model!r} {GOOGLE_STT_V2_NEEDS_PROJECT}"
-            )
-        kwargs["credentials"] = api_key.Credentials(credential)  # type: ignore[no-untyped-call]
-    if spec.base_url:  # a plaintext gRPC target (the simulator): the plugin has no endpoint option
-        from plugins.sim.google_stt_sim import SimulatedGoogleSTT
-
-        kwargs.pop("credentials_file", None)
-        return SimulatedGoogleSTT(spec.base_url, **kwargs)
-    return google.STT(**kwargs)
-
-
-def _whisper_stt(spec: ProviderSpec, ctx: BuildContext) -> stt.STT[Any]:
-    from livekit.plugins import openai
-
-    kwargs: dict[str, Any] = {
-        "model": spec.model or "whisper-1",
-        "api_key": spec.api_key,
-        "use_realtime": False,
-    }
-    if spec.base_url:
-        kwargs["base_url"] = spec.base_url
-    if language := spec.extra.get("language"):
-        kwargs["language"] = language
-    if (client := _openai_client(spec, ctx, "https://api.openai.com/v1")) is not None:
-        kwargs["client"] = client
-    return openai.STT(**kwargs)
-
-
-def _free_stt(spec: ProviderSpec, ctx: BuildContext) -> stt.STT[Any]:
-    from plugins.local.sphinx_stt import SphinxSTT
-
-    return SphinxSTT()
-
-
-# -- LLM -------------------------------------------------------------------------------------
-
-
-def _openai_kwargs(spec: ProviderSpec, default_model: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"model": spec.model or default_model, "api_key": spec.api_key}
-    if spec.base_url:
-        kwargs["base_url"] = spec.base_url
-    if (temperature := _extra_float(spec, "temperature")) is not None:
-        kwargs["temperature"] = temperature
-    return kwargs
-
-
-def _openrouter_llm(spec: ProviderSpec, ctx: BuildContext) -> llm.LLM[Any]:
-    from livekit.plugins import openai
-
-    kwargs = _openai_kwargs(spec, "openai/gpt-4o-mini")
-    base_url = spec.base_url or "https://openrouter.ai/api/v1"
-    return openai.LLM.with_openrouter(
-        client=_openai_client(spec, ctx, base_url),
-        model=kwargs["model"],
-        api_key=kwargs["api_key"],
-        base_url=base_url,
-        site_url=spec.extra.get("app_url") or None,
-        app_name=spec.extra.get("app_name") or None,
-        **({"temperature": kwargs["temperature"]} if "temperature" in kwargs else {}),
-    )
-
-
-def _openai_llm(spec: ProviderSpec, ctx: BuildContext) -> llm.LLM[Any]:
-    from livekit.plugins import openai
-
-    client = _openai_client(spec, ctx, "https://api.openai.com/v1")
-    return openai.LLM(**_openai_kwargs(spec, "gpt-4o-mini"), client=client)
-
-
-def _google_llm(spec: ProviderSpec, ctx: BuildContext) -> llm.LLM[Any]:
-    from google.genai import types
-    from livekit.plugins import google
-
-    kwargs: dict[str, Any] = {
-        "model": spec.model or "gemini-2.5-flash",
-        "api_key": spec.api_key,
-        "vertexai": False,
-    }
-    if spec.base_url:
-        kwargs["http_options"] = types.HttpOptions(base_url=spec.base_url)
-    if (temperature := _extra_float(spec, "temperature")) is not None:
-        kwargs["temperature"] = temperature
-    return google.LLM(**kwargs)
-
-
-def _free_llm(spec: ProviderSpec, ctx: BuildContext) -> llm.LLM[Any]:
-    from plugins.local.scripted_llm import MODEL, ScriptedLLM
-
-    responder = ctx.responder if ctx.responder is not None else _faq_responder(spec)
-    return ScriptedLLM(responder, model=spec.model or MODEL)
-
-
-def _faq_responder(spec: ProviderSpec) -> Responder:
-    """The library's generic floor: ``extra["company"]`` and an ``extra["faq_file"]`` TOML.
-
-    A bad FAQ file is logged loudly and the floor speaks without it: the chain never loses
-    its last provider over a typo.
-    """
-    from plugins.local.faq import FaqBook
-    from plugins.local.faq_responder import FaqResponder
-
-    business = spec.extra.get("company", "")
-    faq_file = spec.extra.get("faq_file")
-    if not faq_file:
-        return FaqResponder(business=business)
-    try:
-        book = FaqBook.from_file(faq_file, fields={"company": business or "us"})
-    except ValueError as e:
-        structlog.get_logger(__name__).error("free_llm_faq_unusable", reason=str(e))
-        return FaqResponder(business=business)
-    return FaqResponder(book, business=business)
-
-
-# -- TTS -------------------------------------------------------------------------------------
-
-
-def _cartesia_tts(spec: ProviderSpec, ctx: BuildContext) -> tts.TTS[Any]:
-    from livekit.plugins import cartesia
-
-    kwargs: dict[str, Any] = {"model": spec.model or "sonic-2", "api_key": spec.api_key}
-    if ctx.http_session is not None:
-        kwargs["http_session"] = ctx.http_session
-    if spec.voice:
-        kwargs["voice"] = spec.voice
-    if spec.base_url:
-        kwargs["base_url"] = spec.base_url
-    return cartesia.TTS(**kwargs)
-
-
-def _elevenlabs_tts(spec: ProviderSpec, ctx: BuildContext) -> tts.TTS[Any]:
-    from livekit.plugins import elevenlabs
-
-    kwargs: dict[str, Any] = {"model": spec.model or "eleven_turbo_v2_5", "api_key": spec.api_key}
-    if ctx.http_session is not None:
-        kwargs["http_session"] = ctx.http_session
-    if spec.voice:
-        kwargs["voice_id"] = spec.voice
-    if spec.base_url:
-        kwargs["base_url"] = spec.base_url
-    return elevenlabs.TTS(**kwargs)
-
-
-def _local_tts(spec: ProviderSpec, ctx: BuildContext) -> tts.TTS[Any]:
-    from plugins.local.hibari_tts import HibariTTS
-
-    speed = _extra_float(spec, "speed")
-    return HibariTTS(speed=speed) if speed is not None else HibariTTS()
-
-
-def _free_tts(spec: ProviderSpec, ctx: BuildContext) -> tts.TTS[Any]:
-    from plugins.local.espeak_tts import EspeakTTS
-
-    return EspeakTTS(voice=spec.voice) if spec.voice else EspeakTTS()
-
-
-# -- the table -------------------------------------------------------------------------------
-
-_ENTRIES = [
-    CatalogEntry("stt", "deepgram", _deepgram_stt, True, False, True, UNIT_STT, 0.0043 / 60, "DEEPGRAM_API_KEY"),
-    CatalogEntry("stt", "google", _google_stt, True, False, True, UNIT_STT, 0.016 / 60, "GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_API_KEY"),
-    CatalogEntry("stt", "whisper", _whisper_stt, True, False, False, UNIT_STT, 0.006 / 60, "OPENAI_API_KEY"),
-    CatalogEntry("stt", "free-stt", _free_stt, False, True, True, UNIT_STT, 0.0),
-    CatalogEntry(
-        "llm", "openrouter", _openrouter_llm, True, False, True, UNIT_LLM, 0.6 / 1e6,
-        "OPENROUTER_API_KEY", {"max_completion_tokens": 1},
-    ),
-    CatalogEntry(
-        "llm", "openai", _openai_llm, True, False, True, UNIT_LLM, 0.6 / 1e6,
-        "OPENAI_API_KEY", {"max_completion_tokens": 1},
-    ),
-    CatalogEntry("llm", "google", _google_llm, True, False, True, UNIT_LLM, 0.4 / 1e6, "GOOGLE_API_KEY"),
-    CatalogEntry("llm", "free-llm", _free_llm, False, True, True, UNIT_LLM, 0.0),
-    CatalogEntry("tts", "cartesia", _cartesia_tts, True, False, True, UNIT_TTS, 0.000038, "CARTESIA_API_KEY"),
-    CatalogEntry("tts", "local-tts", _local_tts, False, True, True, UNIT_TTS, 0.0),
-    CatalogEntry("tts", "elevenlabs", _elevenlabs_tts, True, False, True, UNIT_TTS, 0.00018, "ELEVENLABS_API_KEY"),
-    CatalogEntry("tts", "free-tts", _free_tts, False, True, True, UNIT_TTS, 0.0),
-]  # fmt: skip
-
-_AIOHTTP_PLUGINS = frozenset({"stt:deepgram", "tts:cartesia", "tts:elevenlabs"})
-
-CATALOG: dict[str, CatalogEntry] = {e.key: e for e in _ENTRIES}
-
-#: The default order of each chain (the design's hierarchy) and the local provider that ends
-#: each chain when the spec list leaves it out: defined once, in plugins.spec.
-DEFAULT_ORDER: dict[Slot, tuple[str, ...]] = KNOWN_PROVIDERS
-FLOOR: dict[Slot, str] = FLOOR_PROVIDER
-
-
-def entry_for(spec: ProviderSpec) -> CatalogEntry:
-    try:
-        return CATALOG[spec.key]
-    except KeyError:
-        known = ", ".join(n for (s, n) in (k.split(":", 1) for k in CATALOG) if s == spec.slot)
-        raise ProviderUnusableError(
-            f"unknown {spec.slot} provider {spec.name!r}: choose one of {known}"
-        ) from None
-
-
-def has_key(entry: CatalogEntry, spec: ProviderSpec) -> bool:
-    if not entry.needs_key:
-        return True
-    if entry.key == "stt:google":
-        return bool(spec.extra.get("credentials_file") or (spec.api_key or "").strip())
-    return bool(spec.api_key and spec.api_key.strip())
+    return isinstance(value, stt.STT | llm.LLM | tts.TTS)

@@ -20,15 +20,9 @@ import structlog
 from livekit.agents import llm, stt, tts
 from livekit.agents import vad as lk_vad
 
-from plugins.catalog import (
-    FLOOR,
-    BuildContext,
-    CatalogEntry,
-    ProviderUnusableError,
-    entry_for,
-    has_key,
-)
+from plugins.catalog import CATALOG, definition_for
 from plugins.local.responder import Responder
+from plugins.providers.definition import BuildContext, Provider, ProviderUnusableError
 from plugins.resilience.breaker import key_fingerprint
 from plugins.resilience.deadlines import DEFAULT_DEADLINES, AdaptiveDeadline, DeadlineSettings
 from plugins.resilience.guard import Guard
@@ -130,17 +124,12 @@ def build_chains(
     for slot in ("stt", "llm", "tts"):
         slot_specs = _ordered(slot, specs)
         for spec in slot_specs:
-            entry = entry_for(spec)
+            entry = definition_for(spec)
             if spec.key in order[slot]:
                 log.warning("provider listed twice; using the first", provider=spec.key)
                 continue
-            if not has_key(entry, spec):
+            if not entry.has_key(spec):
                 reason = f"no key ({entry.key_hint or 'api key'} not set)"
-                skipped[spec.key] = reason
-                log.info("provider skipped", provider=spec.key, reason=reason)
-                continue
-            if not entry.streaming and vad is None:
-                reason = "non-streaming STT needs a VAD and none was given"
                 skipped[spec.key] = reason
                 log.info("provider skipped", provider=spec.key, reason=reason)
                 continue
@@ -155,10 +144,24 @@ def build_chains(
             try:
                 plugin = entry.build(spec, ctx)
             except (ProviderUnusableError, ValueError) as e:
-                skipped[spec.key] = str(e)
-                log.warning("provider skipped", provider=spec.key, reason=str(e))
+                if not entry.floor:
+                    skipped[spec.key] = str(e)
+                    log.warning("provider skipped", provider=spec.key, reason=str(e))
+                    continue
+                # the floor is never left out: a bad option of it falls back to its defaults
+                log.error(
+                    "floor provider option refused; using its defaults",
+                    provider=spec.key,
+                    reason=str(e),
+                )
+                plugin = entry.build(ProviderSpec(slot, spec.name), ctx)
+            streaming = not isinstance(plugin, stt.STT) or plugin.capabilities.streaming
+            if not streaming and vad is None:
+                reason = "non-streaming STT needs a VAD and none was given"
+                skipped[spec.key] = reason
+                log.info("provider skipped", provider=spec.key, reason=reason)
                 continue
-            if entry.is_local and spec.name == FLOOR[slot]:
+            if entry.floor:
                 chains[slot].append(plugin)  # the floor is never guarded off
                 floors.append(plugin)
                 order[slot].append(spec.key)
@@ -169,7 +172,7 @@ def build_chains(
                 deadline=AdaptiveDeadline(limits[slot]),
                 observers=observer_list,
                 secrets=(spec.api_key,),
-                fingerprint=key_fingerprint(spec.api_key) if entry.needs_key else None,
+                fingerprint=key_fingerprint(spec.api_key) if spec.api_key else None,
                 tap=tap,
                 price_per_unit_usd=_price(entry, spec),
             )
@@ -177,7 +180,7 @@ def build_chains(
             guards[spec.key] = guarded
             probers[spec.key] = Prober(guard, guarded.probe, clock=clock, auto=probes)
             member: stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any] = guarded
-            if isinstance(guarded, GuardedSTT) and not entry.streaming:
+            if isinstance(guarded, GuardedSTT) and not streaming:
                 assert vad is not None
                 member = stt.StreamAdapter(stt=guarded, vad=vad)
             chains[slot].append(member)
@@ -241,7 +244,7 @@ def _loop_running() -> bool:
     return True
 
 
-def _price(entry: CatalogEntry, spec: ProviderSpec) -> float:
+def _price(entry: Provider, spec: ProviderSpec) -> float:
     """``extra["price_per_unit_usd"]`` overrides the catalog's list price."""
     raw = spec.extra.get("price_per_unit_usd")
     if raw is None or raw == "":
@@ -265,18 +268,18 @@ def _ordered(slot: Slot, specs: Sequence[ProviderSpec]) -> list[ProviderSpec]:
     """
     mine = [s for s in specs if s.slot == slot]
     for s in mine:
-        entry_for(s)  # unknown names fail loudly, naming the choices
-    floor = FLOOR[slot]
+        definition_for(s)  # unknown names fail loudly, naming the choices
+    floor = CATALOG.floor(slot)
     ordered = [s for s in mine if s.name != floor]
     floors = [s for s in mine if s.name == floor] or [ProviderSpec(slot=slot, name=floor)]
     return [*ordered, floors[0]]
 
 
 def _wrap(
-    entry: CatalogEntry, plugin: stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any], guard: Guard
+    entry: Provider, plugin: stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any], guard: Guard
 ) -> Guarded:
     if isinstance(plugin, llm.LLM):
-        return GuardedLLM(plugin, guard, probe_kwargs=entry.probe_kwargs)
+        return GuardedLLM(plugin, guard, probe_kwargs=dict(entry.probe_kwargs))
     if isinstance(plugin, tts.TTS):
         return GuardedTTS(plugin, guard)
     return GuardedSTT(plugin, guard)

@@ -9,8 +9,9 @@ import structlog
 from livekit.agents import llm, stt, tts
 from livekit.plugins import silero
 
-from plugins.catalog import CATALOG, DEFAULT_ORDER, ProviderUnusableError
+from plugins.catalog import CATALOG
 from plugins.chain import build_chains
+from plugins.providers.definition import ProviderUnusableError
 from plugins.resilience.guard_llm import GuardedLLM
 from plugins.resilience.guard_stt import GuardedSTT
 from plugins.resilience.guard_tts import GuardedTTS
@@ -24,17 +25,17 @@ __all__ = ["clock", "store"]
 def _default_specs(keys: dict[str, str]) -> list[ProviderSpec]:
     return [
         ProviderSpec(slot, name, api_key=keys.get(f"{slot}:{name}"))
-        for slot, names in DEFAULT_ORDER.items()
+        for slot, names in CATALOG.default_order.items()
         for name in names
     ]
 
 
 async def test_catalog_covers_every_default_provider() -> None:
-    for slot, names in DEFAULT_ORDER.items():
+    for slot, names in CATALOG.default_order.items():
         for name in names:
-            entry = CATALOG[f"{slot}:{name}"]
+            entry = CATALOG.lookup(slot, name)
             assert entry.slot == slot and entry.cost_unit
-            assert entry.is_local is (not entry.needs_key)
+            assert entry.local is (not entry.needs_key)
 
 
 async def test_no_keys_gives_local_chains_with_one_skip_line_each(
@@ -43,7 +44,7 @@ async def test_no_keys_gives_local_chains_with_one_skip_line_each(
     with structlog.testing.capture_logs() as logs:
         chains = build_chains(_default_specs({}), store, clock=clock, probes=False)
     skipped = [e for e in logs if e["event"] == "provider skipped"]
-    cloud = [k for k, e in CATALOG.items() if e.needs_key]
+    cloud = [k for k, e in CATALOG.providers.items() if e.needs_key]
     assert sorted(e["provider"] for e in skipped) == sorted(cloud)  # exactly one line each
     assert chains.order == {
         "stt": ["stt:free-stt"],

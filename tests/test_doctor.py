@@ -99,4 +99,4 @@ async def test_doctor_all_good_exits_zero(sims: dict[str, object], tmp_path: Pat
     )
     assert code == 0, out
     assert out.strip().endswith("All good.")
-    assert "skipped: no key set" in out  # the others are simply not configured
+    assert "skipped: DEEPGRAM_API_KEY not set" in out  # the others: not configured, named

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from livekit.agents import utils
 
-from plugins.catalog import CATALOG, BuildContext
+from plugins.catalog import definition_for
+from plugins.providers.definition import BuildContext
 from plugins.resilience.deadlines import DEFAULT_DEADLINES, AdaptiveDeadline
 from plugins.resilience.failures import ClassifiedError
 from plugins.resilience.guard import Guard
@@ -81,7 +82,7 @@ async def test_real_plugin_errors_are_classified(
             sim.state.plan.always(fault)
         slot, provider = key.split(":")
         spec = ProviderSpec(slot, provider, base_url=sim.base_url, api_key=api_key)  # type: ignore[arg-type]
-        entry = CATALOG[key]
+        entry = definition_for(spec)
         import aiohttp
 
         tap = ResponseTap()

@@ -31,8 +31,8 @@ from agent.simulate.scenarios import (
     SIMULATORS,
     get_scenario,
 )
+from plugins.catalog import CATALOG
 from plugins.sim.phone_line import speech_seconds
-from plugins.spec import KNOWN_PROVIDERS, LOCAL_PROVIDERS
 
 SHORT_CALL = DEFAULT_CALLER[:3]
 
@@ -75,11 +75,11 @@ def test_all_paid_fail_moves_every_slot_to_the_free_providers(
 ) -> None:
     report = all_paid_fail
     for slot in ("stt", "llm", "tts"):
-        primary = KNOWN_PROVIDERS[slot][0]
+        primary = CATALOG.default_order[slot][0]
         assert any(s.slot == slot and s.from_provider == primary for s in report.switches)
     for turn in report.caller_turns:
         assert set(turn.providers) == {"stt", "llm", "tts"}, turn.providers
-        assert set(turn.providers.values()) <= LOCAL_PROVIDERS, turn.providers
+        assert set(turn.providers.values()) <= CATALOG.local_names, turn.providers
     assert report.turns[0].answered  # the greeting, on a local voice
     assert health_state(report, "tts:cartesia").startswith("quota-exhausted")
     assert health_state(report, "llm:openrouter") != "available"

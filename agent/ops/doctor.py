@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -24,8 +23,10 @@ import aiohttp
 from agent.journal.crypto import JournalKeyError, key_file, read_key_file
 from agent.settings import Settings
 from agent.startup import StartupError, check_data_dir, check_livekit
-from plugins.observability.credit import CreditReport, check_credit, mask
-from plugins.spec import LOCAL_PROVIDERS, ProviderSpec
+from plugins.catalog import CATALOG
+from plugins.observability.account import CreditReport, mask
+from plugins.observability.credit import check_credit
+from plugins.spec import ProviderSpec
 
 GHL_VERSION = "2021-07-28"
 
@@ -46,53 +47,6 @@ def _credit_text(r: CreditReport) -> str:
         time.strftime(", resets %Y-%m-%d %H:%M UTC", time.gmtime(r.reset_at)) if r.reset_at else ""
     )
     return f"key accepted, {amount}{limit} {r.unit} left{reset}"
-
-
-def _google_credentials(path: Path) -> str | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return f"cannot read {path} as JSON ({type(e).__name__}); download the key file again"
-    missing = [k for k in ("type", "client_email", "private_key") if not data.get(k)]
-    if data.get("type") not in (None, "service_account") or missing:
-        return f"{path} is not a service-account key (missing {', '.join(missing) or 'type'})"
-    return None
-
-
-def _check_google_stt(spec: ProviderSpec, settings: Settings) -> Finding:
-    """Which Google credential STT uses (a service account first, else the API key), and what
-    is missing for the other."""
-    from typing import get_args
-
-    from livekit.plugins.google.models import SpeechModelsV2
-
-    from plugins.catalog import GOOGLE_STT_V2_NEEDS_PROJECT
-
-    creds = settings.google_application_credentials
-    if creds is not None:
-        problem = _google_credentials(creds)
-        if problem:
-            return Finding(spec.key, False, problem)
-        return Finding(spec.key, True, f"using the service account in {creds} (looks valid)")
-    key = settings.secret("google_api_key")
-    if not key:
-        return Finding(
-            spec.key,
-            True,
-            "skipped: neither GOOGLE_APPLICATION_CREDENTIALS (service account) nor "
-            "GOOGLE_API_KEY is set",
-        )
-    if spec.model in get_args(SpeechModelsV2):
-        return Finding(
-            spec.key, False, f"GOOGLE_STT_MODEL {spec.model!r} {GOOGLE_STT_V2_NEEDS_PROJECT}"
-        )
-    return Finding(
-        spec.key,
-        True,
-        f"using the API key {mask(key)} (GOOGLE_API_KEY, Speech-to-Text v1); the key's project "
-        "must have the Speech-to-Text API enabled, else set GOOGLE_APPLICATION_CREDENTIALS to a "
-        "service-account file",
-    )
 
 
 async def _check_ghl(settings: Settings, http: aiohttp.ClientSession) -> Finding:
@@ -123,15 +77,19 @@ async def _check_ghl(settings: Settings, http: aiohttp.ClientSession) -> Finding
     return Finding("crm:ghl", True, f"token {mask(key)} accepted for the location")
 
 
-async def _check_spec(
-    spec: ProviderSpec, settings: Settings, http: aiohttp.ClientSession
-) -> Finding:
-    if spec.name in LOCAL_PROVIDERS:
+async def _check_spec(spec: ProviderSpec, http: aiohttp.ClientSession) -> Finding:
+    """What the provider's definition can tell: offline first, then its account API."""
+    provider = CATALOG.lookup(spec.slot, spec.name)
+    if provider.local:
         return Finding(spec.key, True, "local, always available")
-    if spec.key == "stt:google":
-        return _check_google_stt(spec, settings)
-    if not spec.api_key:
-        return Finding(spec.key, True, "skipped: no key set")
+    if not provider.has_key(spec):
+        return Finding(spec.key, True, f"skipped: {provider.key_hint or 'no key'} not set")
+    if provider.offline_check is not None:
+        problem = provider.offline_check(spec)
+        if problem:
+            return Finding(spec.key, False, problem)
+        if provider.credit is None:
+            return Finding(spec.key, True, f"{provider.key_hint} looks valid")
     report = await check_credit(spec, http)
     if report is None:
         return Finding(spec.key, True, f"key {mask(spec.api_key)} set (no account API to check)")
@@ -201,10 +159,21 @@ async def _check_store(settings: Settings) -> Finding:
     )
 
 
+def _plugin_findings() -> list[Finding]:
+    """Provider packages that are installed but could not be loaded."""
+    return [
+        Finding(
+            f"plugin:{name}", False, f"provider package failed to load ({why}); fix or uninstall it"
+        )
+        for name, why in sorted(CATALOG.broken.items())
+    ]
+
+
 async def diagnose(settings: Settings) -> list[Finding]:
     specs = [s for slot in ("stt", "llm", "tts") for s in settings.provider_specs(slot)]  # type: ignore[arg-type]
     async with aiohttp.ClientSession() as http:
-        findings = list(await asyncio.gather(*(_check_spec(s, settings, http) for s in specs)))
+        findings = list(await asyncio.gather(*(_check_spec(s, http) for s in specs)))
+        findings.extend(_plugin_findings())
         findings.append(await _check_store(settings))
         if settings.secret("ghl_api_key"):
             findings.append(await _check_ghl(settings, http))

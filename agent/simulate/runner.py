@@ -25,11 +25,11 @@ from agent.sales_agent import GREETING
 from agent.settings import Settings
 from agent.simulate.scenarios import SIM_PROVIDERS, SIMULATORS, FaultStep, Scenario, SimName
 from agent.simulate.simulators import Simulator, apply_fault, make_simulator, sim_settings
+from plugins.catalog import CATALOG
 from plugins.local.audio import resample
 from plugins.observability.health_view import HealthRow, health_row
 from plugins.observability.switches import SwitchEvent, SwitchTracker
 from plugins.sim.phone_line import AgentTurn, PhoneLine, PhoneLineTimeoutError
-from plugins.spec import LOCAL_PROVIDERS
 
 log = structlog.get_logger(__name__)
 
@@ -286,7 +286,7 @@ def check_expectations(report: CallReport) -> list[tuple[str, bool]]:
         checks.append(
             (
                 f"{slot.upper()} answered by local providers only ({', '.join(sorted(used)) or '-'})",  # type: ignore[arg-type]
-                bool(used) and used <= LOCAL_PROVIDERS,
+                bool(used) and used <= CATALOG.local_names,
             )
         )
     for slot in scenario.back_on_primary:

@@ -10,36 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from plugins.catalog import CATALOG
 from plugins.sim.faults import Fault, FaultType
 
-SimName = Literal[
-    "deepgram", "google-stt", "openai", "openrouter", "gemini", "cartesia", "elevenlabs"
-]
-SIMULATORS: tuple[SimName, ...] = (
-    "deepgram",
-    "google-stt",
-    "openai",
-    "openrouter",
-    "gemini",
-    "cartesia",
-    "elevenlabs",
-)
-"""Every cloud simulator a call runs against. ``openai`` also serves Whisper STT."""
+SimName = str
+"""A simulator's name, as a provider definition's simulator hook gives it."""
 
-#: The provider (slot, name) each simulator stands in for.
+SIMULATORS: tuple[SimName, ...] = tuple(CATALOG.simulators())
+"""Every cloud simulator a call runs against (``openai`` also serves Whisper STT)."""
+
+#: The providers (slot, name) each simulator stands in for.
 SIM_PROVIDERS: dict[SimName, tuple[tuple[str, str], ...]] = {
-    "deepgram": (("stt", "deepgram"),),
-    "google-stt": (("stt", "google"),),
-    "openai": (("stt", "whisper"), ("llm", "openai")),
-    "openrouter": (("llm", "openrouter"),),
-    "gemini": (("llm", "google"),),
-    "cartesia": (("tts", "cartesia"),),
-    "elevenlabs": (("tts", "elevenlabs"),),
+    sim: tuple((p.slot, p.name) for p in CATALOG.served_by(sim)) for sim in SIMULATORS
 }
-
-PAID_PROVIDERS: frozenset[str] = frozenset(
-    f"{slot}:{name}" for pairs in SIM_PROVIDERS.values() for slot, name in pairs
-)
 
 Mode = Literal["once", "always", "window", "flapping"]
 

@@ -1,68 +1,32 @@
 """The cloud simulators a simulated call runs against, and the settings that point at them.
 
 Every cloud provider's real LiveKit plugin is pointed at an in-process simulator of its API
-with an obviously fake key, so a call needs no key and no network.
+with an obviously fake key, so a call needs no key and no network. Which simulator stands in
+for a provider, and which settings aim the provider at it, is the provider definition's
+simulator hook (:class:`plugins.providers.definition.SimulatorHook`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
-
-from pydantic import AnyHttpUrl, SecretStr
 
 from agent.settings import Settings
 from agent.simulate.scenarios import SIMULATORS, FaultStep, SimName
+from plugins.catalog import CATALOG
+from plugins.providers.definition import Provider, SimOptions, SimServer
 from plugins.sim.faults import SimState
 from plugins.sim.llm_script import ReplyFn
 
 SIM_KEY = "sim-key"
 
-
-class Simulator(Protocol):
-    state: SimState
-
-    @property
-    def base_url(self) -> str: ...
-
-    async def start(self, host: str = ..., port: int = ...) -> Any: ...
-
-    async def aclose(self) -> None: ...
-
-
-# ---------------------------------------------------------------------------------------------
-# what the call produces
+Simulator = SimServer
 
 
 def make_simulator(name: SimName) -> Simulator:
-    sim: Simulator
-    if name == "deepgram":
-        from plugins.sim.deepgram_sim import DeepgramSimulator
-
-        sim = DeepgramSimulator()
-    elif name == "google-stt":
-        from plugins.sim.google_stt_sim import GoogleSttSimulator
-
-        sim = GoogleSttSimulator()
-    elif name in ("openai", "openrouter"):
-        from plugins.sim.openai_sim import OpenAISimulator
-
-        sim = OpenAISimulator(flavor=name, token_interval_s=0.01, reply=_sales_reply())
-    elif name == "gemini":
-        from plugins.sim.gemini_sim import GeminiSimulator
-
-        sim = GeminiSimulator(reply=_sales_reply())
-    elif name == "cartesia":
-        from plugins.sim.cartesia_sim import CartesiaSimulator
-
-        sim = CartesiaSimulator()
-    elif name == "elevenlabs":
-        from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
-
-        sim = ElevenLabsSimulator()
-    else:
+    hook = CATALOG.simulators().get(name)
+    if hook is None:
         raise ValueError(f"no simulator named {name!r}; known: {', '.join(SIMULATORS)}")
-    return sim
+    return hook.make(SimOptions(reply=_sales_reply()))
 
 
 def _sales_reply() -> ReplyFn:
@@ -72,42 +36,33 @@ def _sales_reply() -> ReplyFn:
     return SalesScript().reply
 
 
+def _aim(provider: Provider, url: str) -> dict[str, str | None]:
+    """The settings that point ``provider`` at its simulator at ``url``."""
+    hook = provider.simulator
+    if hook is not None and hook.settings is not None:
+        return dict(hook.settings(url, SIM_KEY))
+    aimed: dict[str, str | None] = {}
+    if provider.api_key is not None:
+        aimed[provider.api_key.env] = SIM_KEY
+    if provider.base_url is not None:
+        aimed[provider.base_url.env] = url
+    return aimed
+
+
 def sim_settings(base: Settings, urls: dict[SimName, str], data_dir: Path) -> Settings:
     """``base`` with every cloud provider pointed at its simulator with a fake key.
 
-    Google STT is the real plugin with its client factory pointed at the simulator's plaintext
-    gRPC target (the plugin has no endpoint option), authenticated with the API key.
+    Every other provider's key is unset, so nothing reaches a real API: a provider without a
+    simulator is skipped, as it would be on a machine without its key.
     """
-    key = SecretStr(SIM_KEY)
-    update: dict[str, Any] = {
-        "data_dir": data_dir,
-        "redis_url": None,
-        "google_application_credentials": None,
-        "google_stt_target": None,
-        "deepgram_api_key": None,
-        "openai_api_key": None,
-        "openrouter_api_key": None,
-        "google_api_key": None,
-        "cartesia_api_key": None,
-        "elevenlabs_api_key": None,
-    }
-    fields = {
-        "deepgram": ("deepgram_api_key", "deepgram_base_url"),
-        "openai": ("openai_api_key", "openai_base_url"),
-        "openrouter": ("openrouter_api_key", "openrouter_base_url"),
-        "gemini": ("google_api_key", "google_base_url"),
-        "cartesia": ("cartesia_api_key", "cartesia_base_url"),
-        "elevenlabs": ("elevenlabs_api_key", "elevenlabs_base_url"),
+    values: dict[str, str | None] = {
+        o.env: None for o in CATALOG.options() if o.kind in ("secret", "file")
     }
     for name, url in urls.items():
-        if name == "google-stt":  # a gRPC host:port, and the API key it shares with Gemini
-            update["google_stt_target"] = url
-            update["google_api_key"] = key
-            continue
-        key_field, url_field = fields[name]
-        update[key_field] = key
-        update[url_field] = AnyHttpUrl(url)
-    return base.model_copy(update=update)
+        for provider in CATALOG.served_by(name):
+            values.update(_aim(provider, url))
+    local = base.model_copy(update={"data_dir": data_dir, "redis_url": None})
+    return local.with_options(values)
 
 
 def apply_fault(state: SimState, step: FaultStep) -> None:
@@ -122,6 +77,3 @@ def apply_fault(state: SimState, step: FaultStep) -> None:
         plan.flapping(step.fault, down_s=step.down_s, up_s=step.up_s)
     else:
         raise ValueError(f"unknown fault mode {step.mode!r}")
-
-
-# ---------------------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ class EspeakEngine:
             if self._lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
                 raise ValueError(
                     f"eSpeak NG has no voice {voice!r}; use a language code such as "
-                    f"{DEFAULT_VOICE!r} or 'en-gb'"
+                    f"{DEFAULT_VOICE!r}, 'en' or 'de'"
                 )
             self._voice = voice
             self._rate = 0  # a new voice resets the rate
@@ -188,7 +188,7 @@ class EspeakTTS(EngineTTS):
         if not EspeakEngine.shared().has_voice(voice):  # initialising eSpeak takes milliseconds
             raise ValueError(
                 f"eSpeak NG has no voice {voice!r}; use a language code such as "
-                f"{DEFAULT_VOICE!r} or 'en-gb'"
+                f"{DEFAULT_VOICE!r}, 'en' or 'de'"
             )
         self._voice = voice
         self._rate_wpm = rate_wpm

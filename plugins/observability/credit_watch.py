@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import aiohttp
 import structlog
 
-from plugins.observability.credit import CHECKS, CreditReport, check_credit
+from plugins.observability.account import CreditReport
+from plugins.observability.credit import can_check, check_credit
 from plugins.resilience.types import Failure, FailureKind, HealthStore
 from plugins.spec import ProviderSpec
 
@@ -35,7 +36,7 @@ class CreditWatcher:
         max_backoff_s: float = 3600.0,
         low_fraction: float = 0.1,
     ) -> None:
-        self._specs = [s for s in specs if s.key in CHECKS and s.api_key]
+        self._specs = [s for s in specs if can_check(s)]
         self._store = store
         self._interval_s = interval_s
         self._max_backoff_s = max_backoff_s

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from plugins.catalog import CATALOG
 from plugins.resilience.types import Admission, BreakerState, Failure
-from plugins.spec import FLOOR_PROVIDER
 
 _GUARDED_LABEL = re.compile(r"guarded\[(stt|llm|tts):([\w-]+)\]")
 SLOTS = ("stt", "llm", "tts")
@@ -62,7 +62,7 @@ def provider_of(slot: str, instance: object) -> str:
     match = _GUARDED_LABEL.search(label)
     if match:
         return match.group(2)
-    return FLOOR_PROVIDER[slot]  # type: ignore[index]
+    return CATALOG.floor(slot)  # type: ignore[arg-type]
 
 
 class SwitchTracker:
@@ -154,7 +154,7 @@ class SwitchTracker:
         def handler(metrics: Any, *_: Any) -> None:
             label = str(getattr(metrics, "label", ""))
             if label and label not in guarded and not _is_adapter(label):
-                self.served.append((time.time(), slot, FLOOR_PROVIDER[slot]))  # type: ignore[index]
+                self.served.append((time.time(), slot, CATALOG.floor(slot)))  # type: ignore[arg-type]
 
         return handler
 
