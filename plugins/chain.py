@@ -30,6 +30,7 @@ from plugins.resilience.guard_llm import GuardedLLM
 from plugins.resilience.guard_stt import GuardedSTT
 from plugins.resilience.guard_tts import GuardedTTS
 from plugins.resilience.midstream_llm import ContinuingLLMAdapter
+from plugins.resilience.phrases import vocabulary
 from plugins.resilience.probes import Prober
 from plugins.resilience.response_tap import ResponseTap
 from plugins.resilience.stt_replay import ReplaySTTAdapter
@@ -175,6 +176,7 @@ def build_chains(
                 fingerprint=key_fingerprint(spec.api_key) if spec.api_key else None,
                 tap=tap,
                 price_per_unit_usd=_price(entry, spec),
+                words=vocabulary(entry.errors),
             )
             guarded = _wrap(entry, plugin, guard)
             guards[spec.key] = guarded

@@ -13,6 +13,7 @@ from google.genai import errors as genai_errors
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from plugins.catalog import CATALOG
 from plugins.resilience.classify import classify
 from plugins.resilience.deadlines import AdaptiveDeadline, DeadlineSettings
 from plugins.resilience.failures import (
@@ -21,6 +22,7 @@ from plugins.resilience.failures import (
     EmptyResultError,
     TruncatedError,
 )
+from plugins.resilience.phrases import Vocabulary, vocabulary
 from plugins.resilience.response_tap import ResponseTap, TappedResponse
 from plugins.resilience.retry_after import retry_after_from_headers
 from plugins.resilience.scrub import scrub
@@ -395,11 +397,41 @@ CASES: list[tuple[str, BaseException, FailureKind, float | None]] = [
 ]
 
 
+#: The provider whose wording a case's error uses, by the case's first word.
+_SPEAKER = {
+    "openai": ("llm", "openai"),
+    "openrouter": ("llm", "openrouter"),
+    "gemini": ("llm", "google"),
+    "elevenlabs": ("tts", "elevenlabs"),
+    "cartesia": ("tts", "cartesia"),
+    "deepgram": ("stt", "deepgram"),
+}
+
+
+def _words(case: str) -> Vocabulary:
+    """The vocabulary the guard of the case's provider classifies with (generic otherwise)."""
+    speaker = _SPEAKER.get(case.split()[0])
+    if speaker is None:
+        return vocabulary()
+    return vocabulary(CATALOG.lookup(*speaker).errors)  # type: ignore[arg-type]
+
+
+def test_provider_wording_comes_from_the_provider_definition() -> None:
+    """ElevenLabs' 401 ``quota_exceeded`` is a quota only in ElevenLabs' words: the generic
+    vocabulary reads a bare 401 as a rejected key, and another provider's words do not help."""
+    exc = _elevenlabs_http_401()
+    body = f'{{"detail": {{"status": "quota_exceeded", "message": "{ELEVEN_QUOTA}"}}}}'
+    tapped = (401, {}, body)
+    assert classify(exc, response=tapped, words=_words("elevenlabs")).kind is K.QUOTA_EXHAUSTED
+    assert classify(exc, response=tapped, words=_words("cartesia")).kind is K.KEY_REJECTED
+    assert classify(exc, response=tapped).kind is K.KEY_REJECTED
+
+
 @pytest.mark.parametrize(("name", "exc", "kind", "retry_after"), CASES, ids=[c[0] for c in CASES])
 def test_classification_table(
     name: str, exc: BaseException, kind: FailureKind, retry_after: float | None
 ) -> None:
-    failure = classify(exc)
+    failure = classify(exc, words=_words(name))
     assert failure.kind is kind, f"{name}: {failure}"
     if retry_after is not None:
         assert failure.retry_after_s == pytest.approx(retry_after)
@@ -460,7 +492,7 @@ TAPPED: list[tuple[str, BaseException, TappedResponse, FailureKind]] = [
 def test_classification_with_what_the_tap_recovered(
     name: str, exc: BaseException, response: TappedResponse, kind: FailureKind
 ) -> None:
-    failure = classify(exc, response=response)
+    failure = classify(exc, response=response, words=_words(name))
     assert failure.kind is kind, f"{name}: {failure}"
 
 

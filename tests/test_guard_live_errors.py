@@ -15,6 +15,7 @@ from plugins.resilience.failures import ClassifiedError
 from plugins.resilience.guard import Guard
 from plugins.resilience.guard_llm import GuardedLLM
 from plugins.resilience.guard_tts import GuardedTTS
+from plugins.resilience.phrases import vocabulary
 from plugins.resilience.response_tap import ResponseTap
 from plugins.resilience.store import DocumentStore
 from plugins.resilience.types import FailureKind
@@ -96,6 +97,7 @@ async def test_real_plugin_errors_are_classified(
             observers=[observer],
             secrets=[api_key],
             tap=tap,
+            words=vocabulary(entry.errors),
         )
         guarded: Any = GuardedLLM(plugin, guard) if slot == "llm" else GuardedTTS(plugin, guard)
         with pytest.raises(ClassifiedError) as raised:

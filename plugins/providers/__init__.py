@@ -8,12 +8,12 @@ settings, price, credit check, error wording and simulator) and either list it i
 
 from plugins.providers.definition import (
     BuildContext,
-    ErrorPhrases,
     Option,
     Provider,
     ProviderUnusableError,
     SimulatorHook,
 )
+from plugins.resilience.phrases import ErrorPhrases
 
 __all__ = [
     "BuildContext",

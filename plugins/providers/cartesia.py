@@ -16,13 +16,13 @@ from plugins.observability.account import (
 )
 from plugins.providers.definition import (
     BuildContext,
-    ErrorPhrases,
     Option,
     Provider,
     SimOptions,
     SimServer,
     SimulatorHook,
 )
+from plugins.resilience.phrases import ErrorPhrases
 from plugins.spec import ProviderSpec
 
 DEFAULT_BASE_URL = "https://api.cartesia.ai"
@@ -82,7 +82,7 @@ TTS = Provider(
     voice=Option("CARTESIA_VOICE", "Cartesia voice id", default=DEFAULT_VOICE),
     uses_aiohttp=True,
     credit=_credit,
-    errors=ErrorPhrases(quota=("out of credits",)),
+    errors=ErrorPhrases(quota=("out of credits", "insufficient credits")),  # HTTP; WebSocket
     simulator=SimulatorHook("cartesia", _simulator),
     plugin_modules=("livekit.plugins.cartesia",),
 )

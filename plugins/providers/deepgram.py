@@ -16,7 +16,6 @@ from plugins.observability.account import (
 )
 from plugins.providers.definition import (
     BuildContext,
-    ErrorPhrases,
     Option,
     Provider,
     SimOptions,
@@ -24,6 +23,7 @@ from plugins.providers.definition import (
     SimulatorHook,
 )
 from plugins.providers.shared import STT_LANGUAGE
+from plugins.resilience.phrases import ErrorPhrases
 from plugins.spec import ProviderSpec
 
 DEFAULT_MODEL = "nova-3"

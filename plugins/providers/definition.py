@@ -20,6 +20,7 @@ from livekit.agents import llm, stt, tts
 from plugins.local.responder import Responder
 from plugins.observability.account import CreditReport
 from plugins.resilience.guard import UNIT_LLM, UNIT_STT, UNIT_TTS
+from plugins.resilience.phrases import ErrorPhrases
 from plugins.resilience.response_tap import ResponseTap
 from plugins.sim.faults import SimState
 from plugins.sim.llm_script import ReplyFn
@@ -108,20 +109,6 @@ class SimulatorHook:
 
 
 @dataclass(frozen=True)
-class ErrorPhrases:
-    """Wording this provider uses for failures its status code alone does not tell apart.
-
-    Regular-expression fragments, matched case-insensitively against the error's text. The
-    classifier joins every provider's phrases with its generic ones.
-    """
-
-    quota: tuple[str, ...] = ()  # credit or quota used up (long cooldown)
-    rate_window: tuple[str, ...] = ()  # a quota error that is really a per-minute window
-    key: tuple[str, ...] = ()  # the key itself was refused
-    request: tuple[str, ...] = ()  # the request's own fault (context too long, filtered)
-
-
-@dataclass(frozen=True)
 class Provider:
     """One provider in one slot: everything the project knows about it, defined once."""
 
@@ -144,7 +131,7 @@ class Provider:
     offline_check: Callable[[ProviderSpec], str | None] | None = None  # doctor: problem or None
     usable: Callable[[ProviderSpec], bool] | None = None  # enabled? default: api_key is set
     key_help: str = ""  # what enables it, when more than its api_key does
-    errors: ErrorPhrases = field(default_factory=ErrorPhrases)
+    errors: ErrorPhrases = field(default_factory=ErrorPhrases)  # joined with the generic ones
     simulator: SimulatorHook | None = None
     plugin_modules: tuple[str, ...] = ()  # LiveKit plugins: must be imported on the main thread
 

@@ -19,13 +19,13 @@ from plugins.observability.account import (
 )
 from plugins.providers.definition import (
     BuildContext,
-    ErrorPhrases,
     Option,
     Provider,
     SimOptions,
     SimServer,
     SimulatorHook,
 )
+from plugins.resilience.phrases import ErrorPhrases
 from plugins.spec import ProviderSpec
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io/v1"

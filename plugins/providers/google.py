@@ -13,7 +13,6 @@ from livekit.agents import llm, stt
 from plugins.observability.account import CreditReport, get_json, rejected, unexpected
 from plugins.providers.definition import (
     BuildContext,
-    ErrorPhrases,
     Option,
     Provider,
     ProviderUnusableError,
@@ -23,6 +22,7 @@ from plugins.providers.definition import (
     extra_float,
 )
 from plugins.providers.shared import STT_LANGUAGE
+from plugins.resilience.phrases import ErrorPhrases
 from plugins.spec import ProviderSpec
 
 # -- speech to text ----------------------------------------------------------------------------
@@ -215,6 +215,7 @@ LLM = Provider(
         # the quota id tells them apart
         quota=("exceeded your current quota", "PerDay"),
         rate_window=("PerMinute",),
+        daily=("PerDay",),
         key=("api key not valid", "API_KEY_INVALID", "PERMISSION_DENIED", "UNAUTHENTICATED"),
         request=("safety", "blocked", "prompt_feedback"),
     ),

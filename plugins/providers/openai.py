@@ -19,7 +19,6 @@ from plugins.observability.account import (
 )
 from plugins.providers.definition import (
     BuildContext,
-    ErrorPhrases,
     Option,
     Provider,
     SimOptions,
@@ -28,6 +27,7 @@ from plugins.providers.definition import (
     extra_float,
 )
 from plugins.providers.shared import STT_LANGUAGE
+from plugins.resilience.phrases import ErrorPhrases
 from plugins.spec import ProviderSpec
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

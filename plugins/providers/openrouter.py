@@ -11,7 +11,6 @@ from livekit.agents import llm
 from plugins.observability.account import CreditReport, get_json, rejected, unexpected
 from plugins.providers.definition import (
     BuildContext,
-    ErrorPhrases,
     Option,
     Provider,
     SimOptions,
@@ -20,6 +19,7 @@ from plugins.providers.definition import (
 )
 from plugins.providers.openai import ERRORS as OPENAI_ERRORS
 from plugins.providers.openai import chat_kwargs, openai_client
+from plugins.resilience.phrases import ErrorPhrases
 from plugins.spec import ProviderSpec
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"

@@ -25,6 +25,7 @@ from aiohttp import http_exceptions
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
 
 from plugins.resilience.failures import ClassifiedError, GuardError
+from plugins.resilience.phrases import Vocabulary, vocabulary
 from plugins.resilience.response_tap import TappedResponse
 from plugins.resilience.retry_after import (
     MIN_RETRY_AFTER_S,
@@ -196,22 +197,8 @@ def _gather_sdk(e: BaseException, ev: _Evidence) -> None:
 
 # -- the rules -----------------------------------------------------------------------------
 
-_QUOTA = re.compile(
-    r"(?i)insufficient_quota|quota_exceeded|exceeded your current quota|quota exceeded"
-    r"|exceeds your quota"  # ElevenLabs' close reason and message: "This request exceeds..."
-    r"|out of credits|insufficient credits|credit limit|not enough credits|credits? (?:are )?exhausted"
-    r"|payment_required|payment required|billing|character_limit|usage limit|limit_exceeded"
-    r"|PerDay"
-)
-_RATE_WINDOW = re.compile(r"(?i)PerMinute|per minute|requests per|rate limit|rate_limit")
-_REQUEST_FAULT = re.compile(
-    r"(?i)context_length_exceeded|maximum context length|context length|too many tokens"
-    r"|content_filter|content filter|content_policy|safety|blocked|prompt_feedback"
-    r"|prompt is too long|string_above_max_length|input too long|text too long"
-)
-_KEY = re.compile(
-    r"(?i)invalid_api_key|invalid api key|incorrect api key|unauthorized|api key not valid|PERMISSION_DENIED|UNAUTHENTICATED"
-)
+# Wording that depends on the provider (quota, key, request faults) is each provider's own:
+# plugins.resilience.phrases and the providers' definitions.
 _EMPTY = re.compile(
     r"(?i)no audio frames were pushed|no response generated|empty (?:response|result|transcript)"
 )
@@ -224,12 +211,15 @@ def classify(
     secrets: Iterable[str | None] = (),
     now: float | None = None,
     response: TappedResponse | None = None,
+    words: Vocabulary | None = None,
 ) -> Failure:
     """Classify one failed attempt. ``secrets`` are scrubbed from the message verbatim.
 
     ``response`` is the (status, headers) of the error response, when a :class:`ResponseTap`
-    saw it and the plugin's exception no longer carries it.
+    saw it and the plugin's exception no longer carries it. ``words`` is the provider's
+    wording (its definition's phrases with the generic ones); generic wording alone if None.
     """
+    vocab = words or vocabulary()
     if isinstance(exc, ClassifiedError):
         return exc.failure
     ev = _gather(exc)
@@ -263,11 +253,11 @@ def classify(
     is_ws_close = status is not None and 1000 <= status < 5000
 
     if status == 402 or (
-        _QUOTA.search(text) and (status in (None, 400, 401, 403, 429) or is_ws_close)
+        vocab.quota.search(text) and (status in (None, 400, 401, 403, 429) or is_ws_close)
     ):
         # Gemini says "exceeded your current quota" for per-minute limits too: a short
         # RetryInfo on a per-minute quota is a rate limit, not an exhausted quota.
-        if status == 429 and _RATE_WINDOW.search(text) and "PerDay" not in text:
+        if status == 429 and vocab.rate_window.search(text) and not vocab.daily.search(text):
             return failure(FailureKind.RATE_LIMITED, retry_after)
         return Failure(
             kind=FailureKind.QUOTA_EXHAUSTED,
@@ -285,18 +275,18 @@ def classify(
             return failure(FailureKind.TIMEOUT)
         if status >= 500:
             return failure(FailureKind.SERVER_ERROR, retry_after)
-        if status == 400 and _KEY.search(text):
+        if status == 400 and vocab.key.search(text):
             return failure(FailureKind.KEY_REJECTED)  # Gemini: 400 "API key not valid"
-        if status in (400, 413, 422) and _REQUEST_FAULT.search(text):
+        if status in (400, 413, 422) and vocab.request.search(text):
             return failure(FailureKind.REQUEST_FAULT)
         if 400 <= status < 500:
             return failure(FailureKind.UNKNOWN)
     if is_ws_close:
         assert status is not None
-        return failure(_ws_close_kind(status, text))
-    if _REQUEST_FAULT.search(text) and not ev.connection:
+        return failure(_ws_close_kind(status, text, vocab))
+    if vocab.request.search(text) and not ev.connection:
         return failure(FailureKind.REQUEST_FAULT)
-    if _KEY.search(text):
+    if vocab.key.search(text):
         return failure(FailureKind.KEY_REJECTED)
     if _EMPTY.search(text):
         return failure(FailureKind.EMPTY_RESULT)
@@ -314,7 +304,7 @@ def classify(
     return failure(FailureKind.UNKNOWN)
 
 
-def _ws_close_kind(code: int, text: str) -> FailureKind:
+def _ws_close_kind(code: int, text: str, vocab: Vocabulary) -> FailureKind:
     """The kind of a close frame whose reason (in ``text``, when recovered) named no quota.
 
     A 1008 (policy violation) whose reason does not name the key stays IN_BAND_ERROR: ElevenLabs
@@ -328,7 +318,7 @@ def _ws_close_kind(code: int, text: str) -> FailureKind:
     if code == 1008 or code in (4001, 4003, 4401, 4403):
         return (
             FailureKind.KEY_REJECTED
-            if _KEY.search(text) or code != 1008
+            if vocab.key.search(text) or code != 1008
             else FailureKind.IN_BAND_ERROR
         )
     if code in (1011, 1012, 1013, 1014):

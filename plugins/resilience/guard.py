@@ -24,6 +24,7 @@ from plugins.resilience.failures import (
     DeadlineExceededError,
     ProviderUnavailableError,
 )
+from plugins.resilience.phrases import Vocabulary
 from plugins.resilience.repeat_limit import attempt_scope
 from plugins.resilience.response_tap import ResponseTap
 from plugins.resilience.types import (
@@ -66,8 +67,10 @@ class Guard:
         admit_cache_s: float = 0.5,
         price_per_unit_usd: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        words: Vocabulary | None = None,
     ) -> None:
         self.key = key
+        self.words = words  # the provider's error wording (None: generic only)
         self.store = store
         self.deadline = deadline
         self.observers = list(observers)
@@ -138,7 +141,7 @@ class Guard:
 
     def classify(self, exc: BaseException, since: float = 0.0) -> Failure:
         response = self.tap.recent(since) if self.tap is not None else None
-        return classify(exc, secrets=self.secrets, response=response)
+        return classify(exc, secrets=self.secrets, response=response, words=self.words)
 
     @contextlib.asynccontextmanager
     async def attempt(
