@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from agent.drain import DrainingServer
     from agent.readiness import HealthEndpoint
 
-OUR_COMMANDS = ("simulate", "status", "doctor", "journal")
+OUR_COMMANDS = ("simulate", "status", "doctor", "journal", "transcribe")
 USAGE = """usage: python -m agent COMMAND [options]
 
 LiveKit worker commands:
@@ -32,6 +32,7 @@ Operations:
   status             show provider health from the shared health store
   doctor             check settings, keys and quotas of every configured provider
   journal            list calls and their CRM delivery state; show a decrypted transcript
+  transcribe         print FILE<TAB>transcript per WAV file through a real STT provider
 """
 
 

@@ -27,4 +27,8 @@ def run(command: str, argv: list[str], settings: Settings) -> int:
             encryption_key=settings.secret("encryption_key"),
             previous_keys=settings.journal_previous_keys(),
         )
+    if command == "transcribe":
+        from agent import transcribe
+
+        return transcribe.run(argv, settings)
     raise ValueError(f"unknown command {command!r}")

@@ -34,10 +34,14 @@ from livekit.agents import AgentServer
 from agent.load import WorkerLoad
 from agent.readiness import HealthEndpoint
 from agent.settings import Settings
+from plugins.local.speech_supervisor import SpeechServiceSupervisor
 
 log = structlog.get_logger(__name__)
 
 FLUSH_TIMEOUT_S = 20.0
+# Wait this long for the shared speech models before taking calls; later, calls start on the
+# in-process floors and move up once the guards see the service answer.
+SPEECH_READY_TIMEOUT_S = 15.0
 
 
 class JournalFlush:
@@ -138,9 +142,11 @@ class DrainingServer(AgentServer):
         journal: JournalFlush | None = None,
         settings: Settings | None = None,
         health: HealthEndpoint | None = None,
+        speech: SpeechServiceSupervisor | None = None,
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        self.speech = speech
         self.journal = journal
         self.health = health
         self.failure: str | None = None  # why run() stopped, when it did not stop cleanly
@@ -157,7 +163,19 @@ class DrainingServer(AgentServer):
             self.on("worker_started", self._start_health)
 
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
-        """LiveKit's ``run()``; a failure is logged as one line and kept in :attr:`failure`."""
+        """LiveKit's ``run()``; a failure is logged as one line and kept in :attr:`failure`.
+
+        The shared local speech service starts first: its socket path must be in the
+        environment before LiveKit forks job processes, and its models loaded before a call
+        arrives (as LiveKit initialises its own inference process before taking jobs).
+        """
+        if self.speech is not None:
+            self.speech.start()
+            if not await asyncio.to_thread(self.speech.wait_ready, SPEECH_READY_TIMEOUT_S):
+                log.error(
+                    "local speech service not ready; calls use the in-process floors until it is",
+                    waited_s=SPEECH_READY_TIMEOUT_S,
+                )
         try:
             await super().run(devmode=devmode, unregistered=unregistered)
         except Exception as e:
@@ -188,6 +206,8 @@ class DrainingServer(AgentServer):
 
     async def aclose(self) -> None:
         await super().aclose()  # every job process has exited: their calls are journaled
+        if self.speech is not None:
+            await asyncio.to_thread(self.speech.stop)
         if self._credit is not None:
             await self._credit.aclose()
         if self.health is not None:
@@ -211,16 +231,22 @@ def production_server(
     metrics: bool = True,
     journal: JournalFlush | None = None,
     extra_options: Mapping[str, Any] | None = None,
+    speech: SpeechServiceSupervisor | None = None,
 ) -> DrainingServer:
     """The worker's ``AgentServer`` with the production options, all from ``settings``: the
     LiveKit URL, key and secret, log level, our load function and threshold, the drain timeout,
-    metrics, the health endpoint and the journal flush.
+    metrics, the health endpoint, the journal flush and the shared local speech service its
+    chains need (``speech``; by default the one the settings call for).
 
     ``health`` serves HEALTH_PORT (see :mod:`agent.readiness`); LiveKit's own health server
     then listens on a port the OS picks. ``metrics=False`` (the console) binds no metrics port.
     ``extra_options`` are further ``AgentServer`` options (a benchmark on a loaded machine
     gives job processes longer to prewarm).
     """
+    if speech is None:
+        from agent.local_speech import speech_service_for
+
+        speech = speech_service_for(settings)
     options: dict[str, Any] = {
         "ws_url": settings.livekit_url,
         "api_key": settings.secret("livekit_api_key"),
@@ -238,5 +264,9 @@ def production_server(
         options["prometheus_multiproc_dir"] = str(Path(settings.data_dir) / "prometheus")
     options.update(extra_options or {})
     return DrainingServer(
-        journal=journal or JournalFlush(settings), settings=settings, health=health, **options
+        journal=journal or JournalFlush(settings),
+        settings=settings,
+        health=health,
+        speech=speech,
+        **options,
     )

@@ -156,6 +156,8 @@ class CoreSettings(BaseSettings):
     drain_timeout: int = Field(default=540, ge=0, le=7200)
     load_threshold: float = Field(default=0.75, gt=0, le=1)
     log_format: Literal["auto", "json", "console"] = "auto"
+    # one shared process per worker runs the local models (local-stt, local-tts) for every call
+    local_speech_service: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("log_level", mode="before")

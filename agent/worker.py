@@ -11,16 +11,24 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from livekit.agents import AgentSession, JobContext, JobProcess, TurnHandlingOptions, inference
+from livekit.agents import (
+    AgentSession,
+    JobContext,
+    JobProcess,
+    Plugin,
+    TurnHandlingOptions,
+    inference,
+)
 from livekit.plugins import silero
 
 from agent.call import CallRuntime, build_call_runtime
 from agent.drain import DrainingServer, production_server
+from agent.local_speech import providers_in_chains, whisper_options
 from agent.logs import configure_structlog
 from agent.readiness import HealthEndpoint
 from agent.responder.lead import LeadSink
 from agent.settings import Settings, load_settings
-from plugins.catalog import CATALOG, import_plugins
+from plugins.catalog import import_plugins
 from plugins.resilience.types import GuardObserver
 
 # LiveKit plugins register themselves on import and refuse to do so off the main thread (the
@@ -36,7 +44,8 @@ def prewarm(proc: JobProcess) -> None:
     from plugins.local.prewarm import prewarm_local_providers
 
     proc.userdata["vad"] = silero.VAD.load()
-    prewarm_local_providers(providers_in_chains(settings))
+    # with the worker's shared speech service this loads only eSpeak (the TTS floor)
+    prewarm_local_providers(providers_in_chains(settings), whisper=whisper_options(settings))
     # What a call imports on its first turn would block that call's loop (e-mail validation
     # for leads, the journal, the CRM tools): import it now, before a caller is waiting.
     import agent.call_crm
@@ -46,12 +55,6 @@ def prewarm(proc: JobProcess) -> None:
     import agent.sales_agent  # noqa: F401
 
     proc.userdata["settings"] = settings
-
-
-def providers_in_chains(settings: Settings) -> set[str]:
-    """Every provider a call may use: the configured ones and the floors, always present."""
-    configured = {*settings.stt_providers, *settings.tts_providers, *settings.llm_providers}
-    return configured | set(CATALOG.floors.values())
 
 
 async def build_session(
@@ -156,6 +159,10 @@ async def entrypoint(ctx: JobContext) -> None:
 def create_server(
     settings: Settings, *, health: HealthEndpoint | None = None, metrics: bool = True
 ) -> DrainingServer:
+    from plugins.local.downloads import LocalSpeechFiles
+
+    if not any(isinstance(p, LocalSpeechFiles) for p in Plugin.registered_plugins):
+        Plugin.register_plugin(LocalSpeechFiles(whisper_options(settings).model))  # download-files
     server = production_server(settings, setup_fnc=prewarm, health=health, metrics=metrics)
     server.rtc_session(entrypoint, agent_name=settings.agent_name)
     return server

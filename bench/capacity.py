@@ -1,49 +1,56 @@
-"""How many simultaneous calls one 2-core worker sustains, on cloud and on local providers.
+"""How many simultaneous calls one 2-core worker sustains, searched up to the breaking point.
 
 A call is what LiveKit runs in a job process: the worker's own ``build_session`` (guarded
-chains over ``FallbackAdapter``) and ``SalesAgent``, driven here by a
+chains over ``FallbackAdapter``) and ``SalesAgent``, driven by a
 :class:`~plugins.sim.phone_line.PhoneLine` whose caller speaks pre-synthesized lines at the pace
-of a real call (``speed=1``). Each call runs in its own process, like a LiveKit job: a pool of
-prewarmed call processes (VAD and every local model loaded once, as ``agent.worker.prewarm``
-does) takes one call each per level, N calls starting together. The response time is the
-agent's: end of the caller's speech -> first agent audio (``AgentTurn.latency_s``). A level
-*holds* when every turn is answered and the p95 response time is under the bound (default
-1.5 s). Calls start at random moments within 3 s (not in lockstep). The ladder doubles N
-until a level fails (or the pool size), then bisects.
+of a real call. Each call runs in its own process forked, as LiveKit forks its job processes,
+from a forkserver that preloaded the same modules (and freezes them the same way,
+``livekit.agents.ipc._preload_freeze``); each process loads what ``agent.worker.prewarm``
+loads, runs one call, and reports. The response time is the agent's: end of the caller's
+speech -> first agent audio (``AgentTurn.latency_s``). A level *holds* when every turn is
+answered and the p95 response time is under the bound (1.5 s). Calls start at random moments
+within 3 s. The search doubles N until a level fails (no fixed ceiling below ``--max-calls``),
+then bisects between the last level that held and the first that failed.
 
 Configurations:
 
 * ``cloud``: Deepgram STT, OpenAI LLM, Cartesia TTS, each a real LiveKit plugin pointed at its
-  simulator (fake keys) in this process. A real cloud STT recognises speech on the provider's
-  machines, so here the Deepgram simulator's recogniser is replaced by the caller's script
-  (``--sim-stt-recognises`` restores PocketSphinx, which then competes for the same 2 cores).
-* ``local``: the no-network floor: PocketSphinx STT, the scripted LLM, the hibari TTS.
-* ``local-stt`` / ``local-tts``: one slot local, the rest cloud; they split the local call's
+  simulator (fake keys) in this process. A real cloud STT recognises on the provider's
+  machines, so the Deepgram simulator answers with the caller's script.
+* ``local``: every slot local, what a total outage leaves: local-stt (Whisper), the scripted
+  LLM, local-tts (hibari), the models in the worker's one shared speech service, started and
+  supervised here as the worker does.
+* ``local-stt`` / ``local-tts``: one slot local, the rest cloud: they split the local call's
   extra cost between STT and TTS for ``agent.load.MEASURED_WEIGHTS``.
-* ``stock``: stock LiveKit on the cloud simulators (the plugins directly, no guards, no
-  FallbackAdapter), at the cloud capacity, for the latency ratio of our layer.
+* ``stock`` / ``stock-local``: stock LiveKit at the same N as ours: the plugins handed straight
+  to ``AgentSession`` (no guards, no fallback); stock-local loads Whisper and hibari in every
+  job process, as a LiveKit prewarm does.
 
-Memory per call is the call process's RSS and USS (unique memory: what a forked LiveKit job
-process costs beyond what it shares) at the end of the call. CPU per call is the process's CPU
-time over the call's wall time, as a share of the 2 cores.
+Memory per call is the call process's USS (unique memory, what a forked job process costs beyond
+what it shares) and RSS at the end of the call, broken down by what the process had loaded at
+each step; the shared speech service's memory is counted once per worker.
 
-Run from the repo root: ``.venv/bin/python -m bench.capacity`` (under 5 minutes). The table is
-also written to ``bench/results/capacity.md``.
+Run from the repo root: ``.venv/bin/python -m bench.capacity`` (about 15 minutes) or
+``--quick`` (under 5 minutes; ends with one ``capacity: ...`` line). The table is written to
+``bench/results/capacity.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import concurrent.futures
+import contextlib
+import importlib
+import multiprocessing as mp
 import os
 import platform
 import random
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -58,49 +65,79 @@ STAGGER_S = 3.0
 SIM_STT_TEXT = "hi I would like to know your pricing"
 CONFIGS: dict[str, dict[str, list[str]]] = {
     "cloud": {"stt": ["deepgram"], "llm": ["openai"], "tts": ["cartesia"]},
-    "local": {"stt": ["free-stt"], "llm": ["free-llm"], "tts": ["local-tts"]},
-    "local-stt": {"stt": ["free-stt"], "llm": ["openai"], "tts": ["cartesia"]},
+    "local": {"stt": ["local-stt"], "llm": ["free-llm"], "tts": ["local-tts"]},
+    "local-stt": {"stt": ["local-stt"], "llm": ["openai"], "tts": ["cartesia"]},
     "local-tts": {"stt": ["deepgram"], "llm": ["openai"], "tts": ["local-tts"]},
     "stock": {"stt": ["deepgram"], "llm": ["openai"], "tts": ["cartesia"]},
+    "stock-local": {"stt": ["local-stt"], "llm": ["free-llm"], "tts": ["local-tts"]},
 }
+# What the forkserver imports once, as LiveKit's worker preloads its plugins; the freeze last.
+PRELOAD = [
+    "bench.capacity",
+    "agent.worker",
+    "agent.sales_agent",
+    "plugins.sim.phone_line",
+    "plugins.local.espeak_tts",
+    "plugins.local.hibari_tts",
+    "plugins.local.whisper_stt",
+    "plugins.local.sphinx_stt",
+    "livekit.agents.ipc._preload",
+    "livekit.agents.ipc._preload_freeze",
+]
+STAGES = ("forked", "vad", "models", "call")
 
 
 # ---------------------------------------------------------------------------------------------
-# one call (child process)
+# one call (a forked job process)
 # ---------------------------------------------------------------------------------------------
 
 
-async def _child(spec: dict[str, Any]) -> None:
-    """A prewarmed call process (like a LiveKit job process): loads the VAD and every local
-    model once, then runs one call per ``go CONFIG CALL_ID`` line on stdin until EOF."""
+def _memory() -> tuple[float, float]:
     import psutil
+
+    info = psutil.Process().memory_full_info()
+    return info.uss / 2**20, info.rss / 2**20
+
+
+def child_main(conn: Connection, spec: dict[str, Any]) -> None:
+    """A job process: prewarm like the worker, say ready, run one call on "go", report."""
+    try:
+        asyncio.run(_child(conn, spec))
+    except Exception as e:
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+async def _child(conn: Connection, spec: dict[str, Any]) -> None:
     from livekit.plugins import silero
 
     from agent.settings import load_settings
     from agent.simulate.simulators import sim_settings
     from plugins.local.prewarm import prewarm_local_providers
+    from plugins.local.speech_client import SOCKET_ENV
 
+    stages = {"forked": _memory()}
+    config = spec["config"]
+    if config == "stock-local":
+        os.environ.pop(SOCKET_ENV, None)  # stock LiveKit: every job process loads its models
     audio = {line: np.load(spec["audio"][line]) for line in CALLER_LINES}
-    rate = int(spec["audio_rate"])
     vad = silero.VAD.load()
-    prewarm_local_providers({"free-stt", "local-tts", "free-tts", "free-llm"})
+    stages["vad"] = _memory()
+    names = {*(n for slot in CONFIGS[config].values() for n in slot), "free-tts"}
+    await asyncio.to_thread(prewarm_local_providers, names)
+    stages["models"] = _memory()
     base = sim_settings(load_settings(), spec["urls"], Path(spec["data_dir"]))
-    proc = psutil.Process()
-    loop = asyncio.get_running_loop()
-    _say("ready")
-    while command := (await loop.run_in_executor(None, sys.stdin.readline)).split():
-        _, config, call_id = command
-        result = await _one_call(base, config, call_id, vad, audio, rate, proc)
-        _say("result " + json.dumps(result))
-
-
-def _say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    conn.send(("ready", None))
+    await asyncio.to_thread(conn.recv)  # "go"
+    result = await _one_call(base, config, spec["call_id"], vad, audio, int(spec["audio_rate"]))
+    stages["call"] = _memory()
+    result["stages"] = stages
+    conn.send(("result", result))
 
 
 async def _one_call(
-    base: Any, config: str, call_id: str, vad: Any, audio: dict[str, Any], rate: int, proc: Any
+    base: Any, config: str, call_id: str, vad: Any, audio: dict[str, Any], rate: int
 ) -> dict[str, Any]:
     from agent.sales_agent import SalesAgent
     from agent.worker import build_session
@@ -118,12 +155,10 @@ async def _one_call(
     def voice(text: str) -> tuple[Any, int]:
         return audio[text], rate
 
-    # Calls arrive at random moments, not in lockstep (which would make every call's TTS and
-    # STT burst at the same instant): each starts within STAGGER_S of the level's start.
     await asyncio.sleep(random.Random(call_id).uniform(0.0, STAGGER_S))
     cpu0, wall0 = time.process_time(), time.monotonic()
     closers: list[Any] = []
-    if config == "stock":
+    if config.startswith("stock"):
         session = _stock_session(settings, vad, closers)
     else:
         session, chains = await build_session(settings, vad=vad, call_id=call_id)
@@ -138,26 +173,19 @@ async def _one_call(
                 unanswered += 1
             else:
                 latencies.append(turn.latency_s)
-        memory = proc.memory_full_info()
     for close in closers:
         await close()
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-    return {
-        "latencies": latencies,
-        "unanswered": unanswered,
-        "cpu_s": cpu,
-        "wall_s": wall,
-        "rss_mb": memory.rss / 2**20,
-        "uss_mb": memory.uss / 2**20,
-    }
+    return {"latencies": latencies, "unanswered": unanswered, "cpu_s": cpu, "wall_s": wall}
 
 
 def _stock_session(settings: Any, vad: Any, closers: list[Any]) -> Any:
-    """Stock LiveKit: the cloud plugins handed straight to the session."""
+    """Stock LiveKit: the plugins handed straight to the session (a non-streaming STT in
+    LiveKit's StreamAdapter, as LiveKit's docs do)."""
     import aiohttp
     from livekit.agents import AgentSession
     from livekit.agents.llm import LLM
-    from livekit.agents.stt import STT
+    from livekit.agents.stt import STT, StreamAdapter
     from livekit.agents.tts import TTS
 
     from plugins.catalog import definition_for
@@ -171,15 +199,13 @@ def _stock_session(settings: Any, vad: Any, closers: list[Any]) -> Any:
     llm = definition_for(llm_spec).build(llm_spec, ctx)
     tts = definition_for(tts_spec).build(tts_spec, ctx)
     assert isinstance(stt, STT) and isinstance(llm, LLM) and isinstance(tts, TTS)
+    if not stt.capabilities.streaming:
+        stt = StreamAdapter(stt=stt, vad=vad)
     return AgentSession(stt=stt, llm=llm, tts=tts, vad=vad)
 
 
-def child_main(spec_path: str) -> None:
-    asyncio.run(_child(json.loads(Path(spec_path).read_text())))
-
-
 # ---------------------------------------------------------------------------------------------
-# the ladder (parent process)
+# levels (parent process)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -190,9 +216,10 @@ class Level:
     latencies: list[float] = field(default_factory=list)
     unanswered: int = 0
     cpu_share: list[float] = field(default_factory=list)  # per call, of the whole machine
-    rss_mb: list[float] = field(default_factory=list)
-    uss_mb: list[float] = field(default_factory=list)
+    stages: list[dict[str, tuple[float, float]]] = field(default_factory=list)
+    service_mb: tuple[float, float] | None = None  # shared speech service (USS, RSS)
     failed: list[str] = field(default_factory=list)
+    load_avg: float = 0.0
 
     @property
     def p95(self) -> float | None:
@@ -208,87 +235,112 @@ class Level:
         p95 = self.p95
         return not self.failed and self.unanswered == 0 and p95 is not None and p95 < bound_s
 
+    def memory(self, stage: str = "call") -> tuple[float | None, float | None]:
+        """Mean (USS, RSS) per call process at ``stage``."""
+        values = [s[stage] for s in self.stages if stage in s]
+        if not values:
+            return None, None
+        return _mean([v[0] for v in values]), _mean([v[1] for v in values])
 
-class Pool:
-    """Prewarmed call processes; a level hands ``calls`` of them one call each, together."""
 
-    def __init__(self) -> None:
-        self.procs: list[asyncio.subprocess.Process] = []
+class Runner:
+    """Forks one job process per call from a preloaded forkserver, as LiveKit does."""
+
+    def __init__(self, urls: dict[str, str], audio: dict[str, Any], workdir: Path) -> None:
+        self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload(PRELOAD)
+        self._urls = urls
+        self._audio = audio
+        self._workdir = workdir
         self._calls = 0
+        self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=256)
+        self.speech_pid: int | None = None
 
-    async def start(
-        self, size: int, urls: dict[str, str], audio: dict[str, Any], workdir: Path
-    ) -> None:
-        for n in range(size):
-            data_dir = workdir / f"proc-{n}"
-            data_dir.mkdir(parents=True)
-            spec_path = data_dir / "spec.json"
-            spec_path.write_text(json.dumps({"urls": urls, "data_dir": str(data_dir), **audio}))
-            self.procs.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bench.capacity", "--child", str(spec_path),
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.DEVNULL,
-                    env={**os.environ, "LOG_LEVEL": "ERROR"},
-                )
-            )  # fmt: skip
-        for proc in self.procs:
-            assert proc.stdout is not None
-            while (line := await asyncio.wait_for(proc.stdout.readline(), 180)) != b"ready\n":
-                if not line:
-                    raise RuntimeError(f"call process exited {await proc.wait()} while loading")
+    async def _recv(self, conn: Connection, timeout_s: float) -> tuple[str, Any]:
+        loop = asyncio.get_running_loop()
+        ready = await loop.run_in_executor(self._threads, conn.poll, timeout_s)
+        if not ready:
+            return "error", f"no message within {timeout_s:.0f} s"
+        try:
+            message: tuple[str, Any] = await loop.run_in_executor(self._threads, conn.recv)
+        except EOFError:
+            return "error", "the call process exited"
+        return message
 
-    async def run(self, config: str, calls: int) -> Level:
-        [level] = await self.run_mixed([(config, calls)])
-        return level
-
-    async def run_mixed(self, plan: list[tuple[str, int]]) -> list[Level]:
-        """One level: ``calls`` calls of each ``config`` in ``plan``, all at once."""
-        total = sum(n for _, n in plan)
-        if total > len(self.procs):
-            raise ValueError(f"{total} calls need a pool of {total}; it has {len(self.procs)}")
-        levels = [Level(config, n) for config, n in plan]
-        assigned: list[tuple[asyncio.subprocess.Process, Level]] = []
-        free = iter(self.procs)
+    async def run(self, plan: list[tuple[str, int]]) -> list[Level]:
+        """One level: ``n`` calls of each config in ``plan``, all at once."""
+        child = importlib.import_module("bench.capacity").child_main
+        levels = [Level(config, n, load_avg=os.getloadavg()[0]) for config, n in plan]
+        procs: list[tuple[Any, Connection, Level]] = []
         for level in levels:
             for _ in range(level.calls):
-                proc = next(free)
-                assert proc.stdin is not None
                 self._calls += 1
-                proc.stdin.write(f"go {level.config} bench-{level.config}-{self._calls}\n".encode())
-                await proc.stdin.drain()
-                assigned.append((proc, level))
-        for proc, level in assigned:
-            assert proc.stdout is not None
-            result = None
-            try:
-                while line := await asyncio.wait_for(proc.stdout.readline(), 180):
-                    if line.startswith(b"result "):
-                        result = json.loads(line[len(b"result ") :])
-                        break
-            except TimeoutError:
-                pass
-            if result is None:
-                level.failed.append("a call process gave no result")
+                data_dir = self._workdir / f"call-{self._calls}"
+                data_dir.mkdir(parents=True)
+                spec = {
+                    "config": level.config,
+                    "call_id": f"bench-{level.config}-{self._calls}",
+                    "urls": self._urls,
+                    "data_dir": str(data_dir),
+                    **self._audio,
+                }
+                parent_end, child_end = self._ctx.Pipe()
+                proc = self._ctx.Process(target=child, args=(child_end, spec), daemon=True)
+                proc.start()
+                child_end.close()
+                procs.append((proc, parent_end, level))
+        ready = await asyncio.gather(*(self._recv(conn, 240) for _, conn, _ in procs))
+        go = []
+        for (proc, conn, level), (kind, detail) in zip(procs, ready, strict=True):
+            if kind != "ready":
+                level.failed.append(f"a call process did not start: {detail}")
                 continue
-            level.latencies.extend(result["latencies"])
-            level.unanswered += result["unanswered"]
-            level.cpu_share.append(result["cpu_s"] / result["wall_s"] / (os.cpu_count() or 1))
-            level.rss_mb.append(result["rss_mb"])
-            level.uss_mb.append(result["uss_mb"])
+            conn.send("go")
+            go.append((proc, conn, level))
+        service_peak: tuple[float, float] | None = None
+        results = asyncio.gather(*(self._recv(conn, 240) for _, conn, _ in go))
+        while not results.done():
+            service_peak = _max_memory(service_peak, self._service_memory())
+            await asyncio.sleep(1.0)
+        for (_proc, _conn, level), (kind, detail) in zip(go, await results, strict=True):
+            if kind != "result":
+                level.failed.append(f"a call gave no result: {detail}")
+            else:
+                level.latencies.extend(detail["latencies"])
+                level.unanswered += detail["unanswered"]
+                level.cpu_share.append(detail["cpu_s"] / detail["wall_s"] / (os.cpu_count() or 1))
+                level.stages.append({k: tuple(v) for k, v in detail["stages"].items()})
+        for proc, conn, _ in procs:
+            conn.close()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for level in levels:
+            if not level.config.startswith("stock") and level.config != "cloud":
+                level.service_mb = service_peak
         return levels
 
-    async def aclose(self) -> None:
-        for proc in self.procs:
-            if proc.stdin is not None:
-                proc.stdin.close()
-        for proc in self.procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+    def _service_memory(self) -> tuple[float, float] | None:
+        if self.speech_pid is None:
+            return None
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            info = psutil.Process(self.speech_pid).memory_full_info()
+            return info.uss / 2**20, info.rss / 2**20
+        return None
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _max_memory(
+    a: tuple[float, float] | None, b: tuple[float, float] | None
+) -> tuple[float, float] | None:
+    if a is None or b is None:
+        return a or b
+    return max(a[0], b[0]), max(a[1], b[1])
 
 
 def _caller_audio(workdir: Path) -> dict[str, Any]:
@@ -303,14 +355,13 @@ def _caller_audio(workdir: Path) -> dict[str, Any]:
     return {"audio": paths, "audio_rate": engine.sample_rate}
 
 
-async def _simulators(recognise: bool) -> tuple[dict[str, str], list[Any]]:
+async def _simulators() -> tuple[dict[str, str], list[Any]]:
     from plugins.sim import deepgram_sim
     from plugins.sim.cartesia_sim import CartesiaSimulator
     from plugins.sim.openai_sim import OpenAISimulator
 
-    if not recognise:
-        # The provider's recogniser runs on the provider's machines, not the worker's.
-        deepgram_sim.transcribe = lambda pcm, sample_rate: SIM_STT_TEXT
+    # The provider's recogniser runs on the provider's machines, not the worker's.
+    deepgram_sim.transcribe = lambda pcm, sample_rate: SIM_STT_TEXT
     sims: dict[str, Any] = {
         "deepgram": deepgram_sim.DeepgramSimulator(),
         "openai": OpenAISimulator(flavor="openai", token_interval_s=0.01),
@@ -321,15 +372,15 @@ async def _simulators(recognise: bool) -> tuple[dict[str, str], list[Any]]:
     return {name: sim.base_url for name, sim in sims.items()}, list(sims.values())
 
 
-async def _ladder(
-    pool: Pool,
+async def search(
+    runner: Runner,
     config: str,
     bound_s: float,
     *,
     start: int,
     ceiling: int,
     deadline: float,
-    max_levels: int = 3,
+    max_levels: int,
 ) -> tuple[Level | None, list[Level]]:
     """Largest N that holds: double from ``start`` until a level fails (or ``ceiling``), then
     bisect between the last hold and the first failure; at most ``max_levels`` levels."""
@@ -338,7 +389,7 @@ async def _ladder(
     low, high = 0, None  # holds at low, fails at high
     n = start
     while time.monotonic() < deadline and len(runs) < max_levels:
-        level = await pool.run(config, n)
+        [level] = await runner.run([(config, n)])
         runs.append(level)
         _print_level(level, bound_s)
         if level.holds(bound_s):
@@ -350,7 +401,9 @@ async def _ladder(
                 break
             n = min(n * 2, ceiling)
         elif high - low > 1:
-            n = (low + high) // 2
+            n = (low + high) // 2 if low else max(1, high // 2)
+            if n in (r.calls for r in runs):
+                break
         else:
             break
     return best, runs
@@ -362,11 +415,12 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def _print_level(level: Level, bound_s: float) -> None:
     verdict = "holds" if level.holds(bound_s) else "FAILS"
+    uss, rss = level.memory()
     print(
-        f"  {level.config:<9} N={level.calls:<3} p50={_fmt(level.p50)} s p95={_fmt(level.p95)} s "
+        f"  {level.config:<11} N={level.calls:<3} p50={_fmt(level.p50)} s p95={_fmt(level.p95)} s "
         f"unanswered={level.unanswered} cpu/call={_fmt(_mean(level.cpu_share), 3)} "
-        f"uss/call={_fmt(_mean(level.uss_mb), 0)} MB  {verdict}"
-        + (f" ({'; '.join(level.failed)})" if level.failed else ""),
+        f"uss/call={_fmt(uss, 0)} MB rss/call={_fmt(rss, 0)} MB load={level.load_avg:.1f}  "
+        f"{verdict}" + (f" ({'; '.join(level.failed[:2])})" if level.failed else ""),
         flush=True,
     )
 
@@ -385,136 +439,234 @@ def weights_from(capacity: dict[str, int], cpu: dict[str, float]) -> tuple[float
     tts_cpu = max(cpu.get("local-tts", 0.0) - cpu["cloud"], 0.0)
     share = stt_cpu / (stt_cpu + tts_cpu) if stt_cpu + tts_cpu > 0 else 0.5
     return base, {
-        "stt:free-stt": extra_total * share,
+        "stt:local-stt": extra_total * share,
         "tts:local-tts": extra_total * (1 - share),
     }
 
 
-async def bench(args: argparse.Namespace) -> str:
+@dataclass
+class Outcome:
+    cloud: Level | None = None
+    local: Level | None = None
+    stock: Level | None = None
+    stock_local: Level | None = None
+    runs: list[Level] = field(default_factory=list)
+    singles: list[Level] = field(default_factory=list)
+
+    def ratio(self, ours: Level | None, stock: Level | None) -> float | None:
+        if ours is None or stock is None or not ours.p95 or not stock.p95:
+            return None
+        return ours.p95 / stock.p95
+
+    def measured(self, config: str, best: Level | None) -> Level | None:
+        """The level to read memory from: the capacity level, else the first run of it."""
+        return best or next((r for r in self.runs if r.config == config and r.stages), None)
+
+    def uss_per_call(self) -> float | None:
+        levels = (self.measured("cloud", self.cloud), self.measured("local", self.local))
+        values = [lvl.memory()[0] for lvl in levels if lvl is not None]
+        known = [v for v in values if v is not None]
+        return max(known) if known else None
+
+
+async def bench(args: argparse.Namespace) -> tuple[str, Outcome]:
+    from plugins.local.speech_supervisor import SpeechServiceSupervisor
+
     started = time.monotonic()
+    deadline = started + args.budget_s
+    out = Outcome()
     with tempfile.TemporaryDirectory(prefix="capacity-") as tmp:
         workdir = Path(tmp)
         audio = _caller_audio(workdir)
-        urls, sims = await _simulators(args.sim_stt_recognises)
-        pool = Pool()
+        urls, sims = await _simulators()
+        speech = SpeechServiceSupervisor(str(workdir / "speech.sock"))
+        speech.start()  # exports the socket path before the forkserver starts, as the worker does
+        runner = Runner(urls, audio, workdir)
         try:
-            await pool.start(args.max_calls, urls, audio, workdir)
+            if not await asyncio.to_thread(speech.wait_ready, 180):
+                raise RuntimeError("the shared speech service did not start")
+            runner.speech_pid = speech.pid
             print(
                 f"bound: p95 response time < {args.bound_s} s; {os.cpu_count()} cores; "
-                f"{args.max_calls} prewarmed call processes ready in "
+                f"load average {os.getloadavg()[0]:.1f}; speech service ready in "
                 f"{time.monotonic() - started:.0f} s",
                 flush=True,
             )
-            deadline = started + args.budget_s
-            cloud, cloud_runs = await _ladder(
-                pool, "cloud", args.bound_s, start=6, ceiling=args.max_calls, deadline=deadline
-            )
-            local, local_runs = await _ladder(
-                pool, "local", args.bound_s, start=3, ceiling=args.max_calls, deadline=deadline
-            )
-            singles = await pool.run_mixed([("local-stt", 2), ("local-tts", 2)])
-            for level in singles:
-                _print_level(level, args.bound_s)
-            stock = None
-            if cloud is not None and time.monotonic() < deadline + 30:
-                stock = await pool.run("stock", cloud.calls)
-                _print_level(stock, args.bound_s)
+            levels = 3 if args.quick else 6
+            # each search leaves time for the comparisons that follow it
+            share = (deadline - time.monotonic()) / (2.6 if args.quick else 2.4)
+            out.cloud, runs = await search(
+                runner, "cloud", args.bound_s, start=args.cloud_start, ceiling=args.max_calls,
+                deadline=time.monotonic() + share, max_levels=levels,
+            )  # fmt: skip
+            out.runs += runs
+            if out.cloud is not None:
+                [out.stock] = await runner.run([("stock", out.cloud.calls)])
+                _print_level(out.stock, args.bound_s)
+                out.runs.append(out.stock)
+            out.local, runs = await search(
+                runner, "local", args.bound_s, start=args.local_start, ceiling=args.max_calls,
+                deadline=time.monotonic() + share, max_levels=levels,
+            )  # fmt: skip
+            out.runs += runs
+            if out.local is not None and time.monotonic() < deadline:
+                [out.stock_local] = await runner.run([("stock-local", out.local.calls)])
+                _print_level(out.stock_local, args.bound_s)
+                out.runs.append(out.stock_local)
+            if time.monotonic() < deadline:
+                out.singles = await runner.run([("local-stt", 2), ("local-tts", 2)])
+                for level in out.singles:
+                    _print_level(level, args.bound_s)
+                out.runs += out.singles
         finally:
-            await pool.aclose()
+            runner.close()
+            await asyncio.to_thread(speech.stop)
             for sim in sims:
                 await sim.aclose()
-    runs = [*cloud_runs, *local_runs, *singles, *([stock] if stock else [])]
-    return _report(args, cloud, local, runs, singles, stock, time.monotonic() - started)
+    return _report(args, out, time.monotonic() - started), out
 
 
-def _report(
-    args: argparse.Namespace,
-    cloud: Level | None,
-    local: Level | None,
-    runs: list[Level],
-    singles: list[Level],
-    stock: Level | None,
-    elapsed_s: float,
-) -> str:
+def _memory_rows(out: Outcome) -> list[str]:
+    rows = [
+        "| component | cloud call USS MB | local call USS MB | stock-local call USS MB |",
+        "|---|---|---|---|",
+    ]
+    names = {
+        "forked": "process forked from the preloaded forkserver (interpreter, LiveKit, plugins)",
+        "vad": "+ Silero VAD",
+        "models": "+ local models in the call process (eSpeak; stock: Whisper, hibari)",
+        "call": "+ the call (session, chains, audio buffers)",
+    }
+    columns = (
+        out.measured("cloud", out.cloud),
+        out.measured("local", out.local),
+        out.measured("stock-local", out.stock_local),
+    )
+    previous: list[float | None] = [0.0, 0.0, 0.0]
+    for stage in STAGES:
+        cells = []
+        for n, level in enumerate(columns):
+            uss = level.memory(stage)[0] if level is not None else None
+            before = previous[n]
+            cells.append("-" if uss is None or before is None else f"{uss - before:+.0f}")
+            previous[n] = uss
+        rows.append(f"| {names[stage]} | " + " | ".join(cells) + " |")
+    totals = []
+    for level in columns:
+        uss, rss = level.memory() if level is not None else (None, None)
+        totals.append(f"**{_fmt(uss, 0)}** (RSS {_fmt(rss, 0)})")
+    rows.append("| per call process, total | " + " | ".join(totals) + " |")
+    local = out.measured("local", out.local)
+    service = local.service_mb if local is not None else None
+    if service is not None:
+        rows.append(
+            f"| shared speech service, once per worker (Whisper + hibari), peak | - | "
+            f"{service[0]:.0f} (RSS {service[1]:.0f}) | - |"
+        )
+    return rows
+
+
+def _report(args: argparse.Namespace, out: Outcome, elapsed_s: float) -> str:
+    mode = " --quick" if args.quick else ""
     lines = [
         "# Capacity of one worker",
         "",
-        f"Command: `.venv/bin/python -m bench.capacity` ({elapsed_s:.0f} s). Machine: "
-        f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}. "
-        f"Bound: p95 response time (end of caller speech -> first agent audio) < {args.bound_s} s, "
-        f"every turn answered. {len(CALLER_LINES)} caller turns per call, real-time pace.",
+        f"Command: `.venv/bin/python -m bench.capacity{mode}` ({elapsed_s:.0f} s). Machine: "
+        f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
+        f"load average {_fmt(_mean([r.load_avg for r in out.runs]), 1)} during the run "
+        "(the machine is shared with other work; see the load column). Bound: p95 response "
+        f"time (end of caller speech -> first agent audio) < {args.bound_s} s, every turn "
+        f"answered. {len(CALLER_LINES)} caller turns per call, real-time pace; one job process "
+        "per call, forked from a preloaded forkserver as LiveKit does.",
         "",
-        "| providers | calls that hold | p50 s | p95 s | CPU per call (of 2 cores) | RSS per call MB"
-        " | USS per call MB |",
-        "|---|---|---|---|---|---|---|",
+        "| providers | calls that hold | p50 s | p95 s | stock LiveKit p95 s (same N) | "
+        "ours / stock | CPU per call | USS per call MB | RSS per call MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, best in (("cloud (simulated)", cloud), ("local", local)):
+    for name, best, stock in (
+        ("cloud (simulated)", out.cloud, out.stock),
+        ("all local", out.local, out.stock_local),
+    ):
         if best is None:
-            lines.append(f"| {name} | none within the bound | | | | | |")
+            lines.append(f"| {name} | none within the bound | | | | | | | |")
             continue
+        uss, rss = best.memory()
         lines.append(
             f"| {name} | **{best.calls}** | {_fmt(best.p50)} | {_fmt(best.p95)} | "
-            f"{_fmt(_mean(best.cpu_share), 3)} | {_fmt(_mean(best.rss_mb), 0)} | "
-            f"{_fmt(_mean(best.uss_mb), 0)} |"
+            f"{_fmt(stock.p95 if stock else None)} | {_fmt(out.ratio(best, stock))} | "
+            f"{_fmt(_mean(best.cpu_share), 3)} | {_fmt(uss, 0)} | {_fmt(rss, 0)} |"
         )
+    lines += [
+        "",
+        "Where a call's memory goes (mean per call process, USS added at each step; read at "
+        "the capacity level, else at the first level run):",
+        "",
+    ]
+    lines += _memory_rows(out)
     lines += [
         "",
         "Every run:",
         "",
-        "| config | N | p50 s | p95 s | unanswered | CPU/call | holds |",
+        "| config | N | p50 s | p95 s | unanswered | CPU/call | USS/call MB | load avg | holds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    lines.append("|---|---|---|---|---|---|---|")
-    for level in runs:
+    for level in out.runs:
         lines.append(
             f"| {level.config} | {level.calls} | {_fmt(level.p50)} | {_fmt(level.p95)} | "
             f"{level.unanswered} | {_fmt(_mean(level.cpu_share), 3)} | "
+            f"{_fmt(level.memory()[0], 0)} | {level.load_avg:.1f} | "
             f"{'yes' if level.holds(args.bound_s) else 'no'} |"
         )
-    if stock is not None and cloud is not None and stock.p95 and cloud.p95:
-        lines += [
-            "",
-            f"Stock LiveKit (plugins straight into the session) at N={stock.calls}: p95 "
-            f"{_fmt(stock.p95)} s; ours / stock = {cloud.p95 / stock.p95:.2f}.",
-        ]
-    if cloud is not None and local is not None:
-        cpu = {"cloud": _mean(cloud.cpu_share) or 0.0}
-        for level in singles:
+    if out.cloud is not None and out.local is not None:
+        cpu = {"cloud": _mean(out.cloud.cpu_share) or 0.0}
+        for level in out.singles:
             cpu[level.config] = _mean(level.cpu_share) or 0.0
-        base, extra = weights_from({"cloud": cloud.calls, "local": local.calls}, cpu)
+        base, extra = weights_from({"cloud": out.cloud.calls, "local": out.local.calls}, cpu)
         lines += [
             "",
             "Weights for `agent.load.MEASURED_WEIGHTS` (a call weighs 1/capacity, so the "
             "projected load reaches 1.0 at the capacity above):",
             "",
-            f"    base={base:.3f}  stt:free-stt={extra['stt:free-stt']:.3f}  "
+            f"    base={base:.3f}  stt:local-stt={extra['stt:local-stt']:.3f}  "
             f"tts:local-tts={extra['tts:local-tts']:.3f}",
         ]
-    if not args.sim_stt_recognises:
-        lines += [
-            "",
-            "The Deepgram simulator answered with the caller's script instead of running "
-            "PocketSphinx, since a real cloud STT recognises on the provider's machines. The "
-            "OpenAI and Cartesia simulators ran in the benchmark process, on the same 2 cores.",
-        ]
+    lines += [
+        "",
+        "The Deepgram simulator answered with the caller's script, since a real cloud STT "
+        "recognises on the provider's machines. The OpenAI and Cartesia simulators and the "
+        "shared speech service ran on the same 2 cores.",
+    ]
     return "\n".join(lines) + "\n"
 
 
+def summary_line(out: Outcome) -> str:
+    ratio = out.ratio(out.cloud, out.stock)
+    uss = out.uss_per_call()
+    return (
+        f"capacity: cloud={out.cloud.calls if out.cloud else 0} "
+        f"local={out.local.calls if out.local else 0} "
+        f"uss_mb={_fmt(uss, 0)} stock_p95_ratio={_fmt(ratio)}"
+    )
+
+
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        child_main(sys.argv[2])
-        return
     parser = argparse.ArgumentParser(description="Concurrent calls one worker sustains.")
+    parser.add_argument("--quick", action="store_true", help="fewer levels; under 5 minutes")
     parser.add_argument("--bound-s", type=float, default=1.5, help="p95 response time bound")
-    parser.add_argument("--max-calls", type=int, default=12, help="pool size and ceiling")
-    parser.add_argument("--budget-s", type=float, default=220.0, help="start no level after")
-    parser.add_argument("--sim-stt-recognises", action="store_true")
+    parser.add_argument("--max-calls", type=int, default=96, help="never try more calls")
+    parser.add_argument("--cloud-start", type=int, default=12)
+    parser.add_argument("--local-start", type=int, default=6)
+    parser.add_argument("--budget-s", type=float, default=None, help="start no level after")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    report = asyncio.run(bench(args))
+    if args.budget_s is None:
+        args.budget_s = 210.0 if args.quick else 900.0
+    report, out = asyncio.run(bench(args))
     print(report)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(report)
+    print(summary_line(out))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ BUILTIN: tuple[Provider, ...] = (
     deepgram.STT,
     google.STT,
     openai.WHISPER,
+    local.LOCAL_STT,
     local.FREE_STT,
     openrouter.LLM,
     openai.LLM,

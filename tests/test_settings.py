@@ -30,7 +30,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_defaults_follow_the_design_table() -> None:
     s = load_settings()
     assert s.tts_providers == ["cartesia", "local-tts", "elevenlabs", "free-tts"]
-    assert s.stt_providers == ["deepgram", "google", "whisper", "free-stt"]
+    assert s.stt_providers == ["deepgram", "google", "whisper", "local-stt", "free-stt"]
     assert s.llm_providers == ["openrouter", "openai", "google", "free-llm"]
     assert s.health_check_interval == 30
     assert s.llm_first_token_timeout <= 1.0 and s.tts_first_audio_timeout <= 1.0

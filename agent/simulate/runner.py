@@ -124,7 +124,7 @@ async def _load_models() -> Any:
     def load() -> Any:
         from plugins.local.prewarm import prewarm_local_providers
 
-        prewarm_local_providers(["local-tts", "free-tts", "free-stt"])
+        prewarm_local_providers(["local-stt", "local-tts", "free-tts", "free-stt"])
         return silero.VAD.load()
 
     return await asyncio.to_thread(load)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import structlog
@@ -19,11 +19,16 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from plugins.local.audio import Int16Array, float_to_int16
 from plugins.local.pcm_tts import EngineTTS
 
+if TYPE_CHECKING:
+    from plugins.local.speech_client import SpeechClient
+
 log = structlog.get_logger(__name__)
 
 BUNDLED_VOICE = "heart"
 SAMPLE_RATE = 24000
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
+#: A sentence the shared service has not voiced by then is voiced by the next TTS in the chain.
+REMOTE_TIMEOUT_S = 5.0
 
 
 class HibariEngine:
@@ -117,13 +122,49 @@ class HibariTTS(EngineTTS):
         return HibariEngine.shared()
 
     def _engine_at_speed(self) -> _SpeedEngine:
+        from plugins.local.speech_client import service_client
+
+        client = service_client()
+        if client is not None:
+            return _SpeedEngine(_RemoteHibari(client), self._speed)
         return _SpeedEngine(HibariEngine.shared(), self._speed)
+
+    def prewarm(self) -> None:
+        """Load the voice in the background, unless the worker's shared service holds it."""
+        from plugins.local.speech_client import service_client
+
+        if service_client() is None:
+            super().prewarm()
+
+
+class _Voice(Protocol):
+    @property
+    def sample_rate(self) -> int: ...
+
+    def synthesize(self, text: str, *, speed: float = 1.0) -> Int16Array: ...
+
+
+class _RemoteHibari:
+    """hibari in the worker's shared speech service (no weights in this process)."""
+
+    def __init__(self, client: SpeechClient) -> None:
+        self._client = client
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    def synthesize(self, text: str, *, speed: float = 1.0) -> Int16Array:
+        _check_speed(speed)
+        if not text.strip():
+            return np.zeros(0, dtype=np.int16)
+        return self._client.synthesize(text, speed=speed, timeout_s=REMOTE_TIMEOUT_S)
 
 
 class _SpeedEngine:
     """The shared engine seen through one TTS instance's speaking rate."""
 
-    def __init__(self, engine: HibariEngine, speed: float) -> None:
+    def __init__(self, engine: _Voice, speed: float) -> None:
         self._engine = engine
         self._speed = speed
 

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Never
 
 import structlog
-from livekit import rtc
 from livekit.agents import APIError, LanguageCode, stt, utils
 from livekit.agents.types import (
     DEFAULT_API_CONNECT_OPTIONS,
@@ -26,7 +25,14 @@ from livekit.agents.types import (
 )
 from livekit.agents.utils import AudioBuffer
 
-from plugins.local.audio import Int16Array, frame_to_mono, require_mono_int16, resample
+from plugins.local.audio import (
+    Int16Array,
+    StreamingGain,
+    buffer_to_mono,
+    condition_for_asr,
+    frame_to_mono,
+    require_mono_int16,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +112,7 @@ class SphinxEngine:
         require_mono_int16(pcm)
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
-        audio = resample(pcm, sample_rate, SAMPLE_RATE)
+        audio = condition_for_asr(pcm, sample_rate, SAMPLE_RATE)
         if not contains_speech(audio):
             return ""  # the decoder "hears" words in pure noise or silence; don't let it
         with self.lease() as decoder:
@@ -128,18 +134,6 @@ def contains_speech(audio: Int16Array, *, window_s: float = 0.3, ratio: float = 
         if endpointer.process(data[start : start + fb]) is not None or endpointer.in_speech:
             return True
     return False
-
-
-def buffer_to_mono(buffer: AudioBuffer) -> tuple[Int16Array, int]:
-    """A LiveKit audio buffer (frame or frames) as mono int16 plus its sample rate."""
-    if isinstance(buffer, list) and not buffer:
-        raise ValueError("nothing to recognize: the audio buffer has no frames")
-    frame = utils.merge_frames(buffer) if isinstance(buffer, list) else buffer
-    if not isinstance(frame, rtc.AudioFrame):
-        raise TypeError(
-            f"expected an rtc.AudioFrame or a list of them, got {type(buffer).__name__}"
-        )
-    return frame_to_mono(frame), frame.sample_rate
 
 
 class SphinxSTT(stt.STT[Never]):
@@ -472,6 +466,7 @@ class SphinxRecognizeStream(stt.RecognizeStream):
                 engine.release(decoder)
 
         batch = bytearray()
+        gain = StreamingGain(sample_rate=SAMPLE_RATE)  # a quiet phone line is lifted
         try:
             async for item in self._input_ch:
                 if isinstance(item, self._FlushSentinel):
@@ -479,7 +474,7 @@ class SphinxRecognizeStream(stt.RecognizeStream):
                     events += await asyncio.to_thread(locked, tracker.finish)
                     batch.clear()
                 else:
-                    batch.extend(frame_to_mono(item).tobytes())
+                    batch.extend(gain.apply(frame_to_mono(item)).tobytes())
                     if len(batch) < self._MIN_BATCH_BYTES:
                         continue
                     events = await asyncio.to_thread(locked, tracker.feed, bytes(batch))

@@ -14,7 +14,13 @@ from livekit.agents import llm, stt, tts
 
 from plugins.local.espeak_tts import DEFAULT_VOICE as DEFAULT_ESPEAK_VOICE
 from plugins.local.responder import Responder
-from plugins.providers.definition import BuildContext, Option, Provider, extra_float
+from plugins.providers.definition import (
+    BuildContext,
+    Option,
+    Provider,
+    ProviderUnusableError,
+    extra_float,
+)
 from plugins.spec import ProviderSpec
 
 
@@ -22,6 +28,27 @@ def _free_stt(spec: ProviderSpec, ctx: BuildContext) -> stt.STT[Any]:
     from plugins.local.sphinx_stt import SphinxSTT
 
     return SphinxSTT()
+
+
+def _local_stt(spec: ProviderSpec, ctx: BuildContext) -> stt.STT[Any]:
+    from plugins.local.whisper_stt import WhisperSTT, options_from
+
+    try:
+        options = options_from(spec.extra, spec.model)
+    except ValueError as e:
+        raise ProviderUnusableError(str(e)) from None
+    return WhisperSTT(options=options)
+
+
+def _local_stt_problem(spec: ProviderSpec) -> str | None:
+    """doctor: the configured Whisper model must be on disk (else the packaged one is used)."""
+    from plugins.local.whisper_stt import PACKAGED_MODEL, options_from, resolve_model_dir
+
+    try:
+        resolve_model_dir(options_from(spec.extra, spec.model).model)
+    except (ValueError, FileNotFoundError) as e:
+        return f"{e}; until then the packaged {PACKAGED_MODEL} is used"
+    return None
 
 
 def _free_llm(spec: ProviderSpec, ctx: BuildContext) -> llm.LLM[Any]:
@@ -65,6 +92,25 @@ def _free_tts(spec: ProviderSpec, ctx: BuildContext) -> tts.TTS[Any]:
     return EspeakTTS(voice=spec.voice or DEFAULT_ESPEAK_VOICE)
 
 
+LOCAL_STT = Provider(
+    slot="stt",
+    name="local-stt",
+    summary="Whisper tiny.en from a package, in the worker's shared speech process (good "
+    "accuracy, free; non-streaming: wrapped with the VAD)",
+    build=_local_stt,
+    model=Option(
+        "LOCAL_STT_MODEL",
+        "local-stt Whisper model: tiny.en (packaged), a faster-whisper size fetched by "
+        "download-files (base.en, small.en...) or a CTranslate2 model directory",
+        default="tiny.en",
+    ),
+    options={
+        "beam_size": Option("LOCAL_STT_BEAM_SIZE", "local-stt beam size, 1..8 (1 = fastest)", "1"),
+        "threads": Option("LOCAL_STT_THREADS", "local-stt CPU threads, 1..16", "2"),
+    },
+    offline_check=_local_stt_problem,
+    local=True,
+)
 FREE_STT = Provider(
     slot="stt",
     name="free-stt",
@@ -102,4 +148,4 @@ FREE_TTS = Provider(
     floor=True,
 )
 
-PROVIDERS = (FREE_STT, FREE_LLM, LOCAL_TTS, FREE_TTS)
+PROVIDERS = (LOCAL_STT, FREE_STT, FREE_LLM, LOCAL_TTS, FREE_TTS)

@@ -1,0 +1,118 @@
+"""local-stt (Whisper tiny.en from a package) and the phone-band handling of both local ears.
+
+Speech is made here: hibari speaks a sentence, the telephone channel turns it into what a SIP
+trunk delivers (8 kHz, 300-3400 Hz, mu-law, line noise), and the real recognisers hear it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from livekit import rtc
+
+from agent.local_speech import whisper_options
+from agent.settings import load_settings
+from bench.stt_accuracy import normalize_words, word_error_rate
+from plugins.catalog import CATALOG
+from plugins.local.audio import (
+    ASR_TARGET_DBFS,
+    StreamingGain,
+    condition_for_asr,
+    rms_dbfs,
+)
+from plugins.local.hibari_tts import HibariEngine
+from plugins.local.sphinx_stt import SphinxEngine
+from plugins.local.whisper_stt import WhisperOptions, WhisperSTT, options_from
+from plugins.providers.definition import BuildContext, ProviderUnusableError
+from plugins.sim.telephone import PHONE_RATE, band_pass, phone_channel
+from plugins.spec import ProviderSpec
+
+SENTENCE = "Hi, I would like to know your pricing for the premium plan."
+
+
+@pytest.fixture(scope="module")
+def phone_speech() -> np.ndarray:
+    voice = HibariEngine.shared()
+    return phone_channel(voice.synthesize(SENTENCE), voice.sample_rate, level_db=-20.0)
+
+
+async def test_local_stt_transcribes_phone_band_speech(phone_speech: np.ndarray) -> None:
+    stt = WhisperSTT()
+    frame = rtc.AudioFrame(phone_speech.tobytes(), PHONE_RATE, 1, phone_speech.size)
+    event = await stt.recognize([frame])
+    text = event.alternatives[0].text
+    assert word_error_rate([SENTENCE], [text]) <= 0.2, text
+    assert (stt.label, stt.provider, stt.model) == (
+        "local-stt",
+        "faster-whisper",
+        "whisper-tiny.en",
+    )
+
+
+def test_phone_band_quiet_caller_is_lifted_for_pocketsphinx(phone_speech: np.ndarray) -> None:
+    conditioned = condition_for_asr(phone_speech, PHONE_RATE, 16000)
+    assert conditioned.size == pytest.approx(phone_speech.size * 2, abs=64)  # 8 -> 16 kHz
+    assert rms_dbfs(conditioned) > rms_dbfs(phone_speech) + 6.0
+    heard = SphinxEngine.shared().transcribe(phone_speech, PHONE_RATE)
+    assert word_error_rate([SENTENCE], [heard]) < 1.0, heard  # it hears English words
+
+
+def test_conditioning_leaves_silence_and_line_noise_alone() -> None:
+    silence = np.zeros(8000, dtype=np.int16)
+    assert np.abs(condition_for_asr(silence, PHONE_RATE, 16000)).max() <= 1  # resampler dither
+    hiss = np.random.default_rng(1).normal(0, 40, 8000).astype(np.int16)  # about -58 dBFS
+    assert rms_dbfs(condition_for_asr(hiss, PHONE_RATE, 16000)) < -50.0
+    loud = (np.sin(np.arange(16000) / 5.0) * 30000).astype(np.int16)
+    assert np.abs(condition_for_asr(loud, 16000, 16000)).max() <= 32767 * 0.99
+
+
+def test_streaming_gain_lifts_a_quiet_line_toward_the_target() -> None:
+    gain = StreamingGain(sample_rate=16000)
+    quiet = (np.sin(np.arange(320) / 3.0) * 500).astype(np.int16)  # about -39 dBFS
+    out = [gain.apply(quiet) for _ in range(50)][-1]
+    assert rms_dbfs(out) == pytest.approx(ASR_TARGET_DBFS, abs=1.0)
+
+
+def test_telephone_channel_is_narrowband() -> None:
+    rng = np.random.default_rng(0)
+    white = rng.normal(0, 3000, 16000).astype(np.int16)
+    banded = band_pass(white, 8000, (300.0, 3400.0))
+    spectrum = np.abs(np.fft.rfft(banded.astype(np.float64)))
+    freqs = np.fft.rfftfreq(banded.size, 1 / 8000)
+    assert spectrum[freqs < 150].mean() < 0.05 * spectrum[(freqs > 500) & (freqs < 3000)].mean()
+    assert phone_channel(white, 16000).size == pytest.approx(8000, abs=32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"beam_size": 0}, "beam size must be 1..8"),
+        ({"threads": 0}, "threads must be 1..16"),
+        ({"model": "enormous"}, "neither a faster-whisper size"),
+        ({"compute_type": "float64"}, "compute type must be one of"),
+    ],
+)
+def test_whisper_options_are_validated(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WhisperOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_settings_validate_local_stt_and_place_it_before_the_floor() -> None:
+    local_stt = CATALOG.lookup("stt", "local-stt")
+    with pytest.raises(ProviderUnusableError, match=r"beam size must be 1\.\.8"):
+        local_stt.build(ProviderSpec("stt", "local-stt", extra={"beam_size": "0"}), BuildContext())
+    assert local_stt.offline_check is not None
+    assert "neither a faster-whisper size" in (
+        local_stt.offline_check(ProviderSpec("stt", "local-stt", model="gigantic")) or ""
+    )
+    assert CATALOG.known("stt")[-2:] == ("local-stt", "free-stt")
+    settings = load_settings().with_options({"LOCAL_STT_BEAM_SIZE": "3", "LOCAL_STT_THREADS": "1"})
+    assert whisper_options(settings) == WhisperOptions(beam_size=3, threads=1)
+    assert local_stt.local and not local_stt.floor
+    with pytest.raises(ValueError, match="not a whole number"):
+        options_from({"beam_size": "wide"}, None)
+
+
+def test_wer_normalises_numbers_and_punctuation() -> None:
+    assert normalize_words("Call 555, please!") == ["call", "five", "five", "five", "please"]
+    assert word_error_rate(["one two three"], ["one too three"]) == pytest.approx(1 / 3)

@@ -1,0 +1,156 @@
+"""The worker's shared local speech service: one copy of each model, served fairly, survivable.
+
+A real service process is started by the real supervisor; job processes are real processes that
+reach it through the socket path the supervisor exports; the service is killed with a real
+SIGKILL while it is recognising a caller, and the call's chain must still answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from livekit import rtc
+
+from plugins.chain import build_chains
+from plugins.local.hibari_tts import HibariEngine
+from plugins.local.speech_client import SOCKET_ENV, SpeechClient, service_client
+from plugins.local.speech_service import FairQueue
+from plugins.local.speech_supervisor import SpeechServiceSupervisor
+from plugins.resilience.store import open_store
+from plugins.sim.telephone import PHONE_RATE, phone_channel
+from plugins.spec import ProviderSpec
+
+REPO = Path(__file__).resolve().parents[1]
+READY_S = 120.0  # the service loads Whisper and hibari; slow only on a loaded machine
+
+
+def test_fair_queue_takes_clients_in_turn_and_refuses_a_flood() -> None:
+    queue: FairQueue[str] = FairQueue(max_pending=3)
+    for n in range(3):
+        assert queue.put("busy-call", f"busy-{n}")
+    assert not queue.put("busy-call", "busy-3")  # refused at once: its chain falls back
+    assert queue.put("quiet-call", "quiet-0")
+    order = [queue.get(0) for _ in range(4)]
+    assert order == ["busy-0", "quiet-0", "busy-1", "busy-2"]
+    assert queue.get(0.01) is None
+    queue.close()
+    assert queue.get(None) is None
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpeechServiceSupervisor]:
+    sock = str(tmp_path_factory.mktemp("speech") / "speech.sock")
+    supervisor = SpeechServiceSupervisor(sock, backoff_s=0.1)
+    supervisor.start()
+    try:
+        assert supervisor.wait_ready(READY_S), "the speech service did not start"
+        yield supervisor
+    finally:
+        supervisor.stop()
+        assert SOCKET_ENV not in os.environ
+
+
+@pytest.fixture(scope="module")
+def caller_audio() -> np.ndarray:
+    voice = HibariEngine.shared()
+    text = "Could we book a call for Tuesday afternoon? I am free after two."
+    return phone_channel(voice.synthesize(text), voice.sample_rate)
+
+
+_JOB = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    from plugins.local.speech_client import service_client
+    from plugins.local.hibari_tts import HibariTTS
+    client = service_client()
+    pcm = np.load(sys.argv[1])
+    started = time.time()
+    text = client.transcribe(pcm, 8000, timeout_s=60)
+    audio = client.synthesize("Thanks, talk soon.", timeout_s=60)
+    print(json.dumps({
+        "pid": client.client_id, "text": text, "audio": int(audio.size),
+        "started": started, "ended": time.time(),
+        "weights_here": sorted(m for m in ("faster_whisper", "ctranslate2", "hibari", "onnxruntime")
+                               if m in sys.modules),
+    }))
+    """
+)
+
+
+def test_one_service_serves_two_job_processes_at_once(
+    service: SpeechServiceSupervisor, caller_audio: np.ndarray, tmp_path: Path
+) -> None:
+    audio_path = tmp_path / "caller.npy"
+    np.save(audio_path, caller_audio)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _JOB, str(audio_path)],
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=REPO,
+        )
+        for _ in range(2)
+    ]
+    results = [json.loads(job.communicate(timeout=120)[0].splitlines()[-1]) for job in jobs]
+    for result in results:
+        assert "tuesday" in result["text"].lower(), result
+        assert result["audio"] > 10_000
+        assert result["weights_here"] == [], "a job process loaded model code"
+    first, second = sorted(results, key=lambda r: r["started"])
+    assert second["started"] < first["ended"], "the two calls were not served at the same time"
+    served = SpeechClient(service.socket_path).ping()["served"]
+    assert {r["pid"] for r in results} <= set(served)
+    assert all(served[r["pid"]] == 2 for r in results)
+
+
+async def test_sigkill_mid_call_leaves_the_caller_answered(
+    service: SpeechServiceSupervisor, caller_audio: np.ndarray, tmp_path: Path
+) -> None:
+    from livekit.plugins import silero
+
+    assert service_client() is not None  # this process is a job process of the service
+    specs = [
+        ProviderSpec("stt", "local-stt"),
+        ProviderSpec("stt", "free-stt"),
+        ProviderSpec("tts", "local-tts"),
+        ProviderSpec("tts", "free-tts"),
+    ]
+    chains = build_chains(specs, open_store(None, tmp_path), vad=silero.VAD.load(), probes=False)
+    try:
+        before, generation = service.pid, service.generation
+        assert before is not None
+        long_turn = np.tile(caller_audio, 3)  # several seconds for Whisper to chew on
+        frame = rtc.AudioFrame(long_turn.tobytes(), PHONE_RATE, 1, long_turn.size)
+        turn = asyncio.create_task(chains.stt.recognize([frame]))
+        client = SpeechClient(service.socket_path, client_id="test-observer")
+        deadline = time.monotonic() + 30
+        while client.ping()["running"].get("transcribe", 0) == 0:
+            assert time.monotonic() < deadline, "the caller's turn never reached the service"
+            await asyncio.sleep(0.01)
+        os.kill(before, signal.SIGKILL)  # the service dies while recognising the caller
+
+        heard = await asyncio.wait_for(turn, 60)
+        assert heard.alternatives and heard.alternatives[0].text.strip(), "caller not understood"
+
+        reply = b""  # the agent's answer while the service is down: the in-process floor
+        async for chunk in chains.tts.synthesize("Sure, Tuesday at three works."):
+            reply += chunk.frame.data.tobytes()
+        assert len(reply) > 10_000
+
+        assert await asyncio.to_thread(service.wait_ready, READY_S, newer_than=generation)
+        assert service.pid not in (None, before) and service.restarts >= 1
+    finally:
+        await chains.aclose()
