@@ -144,6 +144,10 @@ def run(argv: Sequence[str], settings: Settings) -> int:
     parser.add_argument("--provider", help="STT provider name (default: first usable in chain)")
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE.wav")
     args = parser.parse_args(list(argv))
+    # stdout carries only FILE<TAB>transcript lines (scripts and benchmarks read them)
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     return asyncio.run(_run(settings, args.provider, args.files))
 
 
