@@ -201,7 +201,7 @@ def build_call_runtime(
         deadlines=deadline_settings(settings),
         responder=sales_responder(lead_sink, company=company),
     )
-    switches = SwitchTracker(chains)  # registers with the chains' adapters and guards
+    switches = SwitchTracker(chains)  # the call's one tracker: follows the chains' cursors
     names: dict[str, list[str]] = {
         slot: [k.partition(":")[2] for k in keys] for slot, keys in chains.order.items()
     }

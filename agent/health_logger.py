@@ -33,6 +33,7 @@ from plugins.resilience.types import (
     Admission,
     BreakerState,
     Failure,
+    GuardObserver,
     HealthStore,
     ProviderHealth,
 )
@@ -67,7 +68,7 @@ def describe_failure(failure: Failure) -> str:
     return failure.message or failure.kind.value.replace("_", " ")
 
 
-class HealthLogger:
+class HealthLogger(GuardObserver):
     """A guard observer for one call, plus the periodic status table."""
 
     def __init__(
@@ -168,7 +169,9 @@ class HealthLogger:
                 f"Probing {slot.upper()} provider {provider}", slot=slot, provider=provider
             )
 
-    def on_success(self, key: str, *, latency_s: float | None) -> None:
+    def on_success(self, key: str, *, latency_s: float | None, is_probe: bool = False) -> None:
+        if is_probe:  # a probe served no caller: the slot is not on it yet
+            return
         slot, _, provider = key.partition(":")
         self._active.setdefault(slot, provider)
 
@@ -197,9 +200,6 @@ class HealthLogger:
             provider=provider,
             state=admission.state.value,
         )
-
-    def on_usage(self, key: str, unit: str, amount: float) -> None:
-        return None
 
     # switches (from plugins.observability.switches.SwitchTracker) ----------------------------
     def on_switch(self, event: SwitchEvent) -> None:

@@ -27,9 +27,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
+
+if TYPE_CHECKING:  # the tracker pulls in LiveKit; the load report is read without it
+    from plugins.observability.switches import SwitchEvent, SwitchTracker
 
 log = structlog.get_logger(__name__)
 
@@ -132,18 +135,19 @@ class JobLoadReporter:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
-    def watch(self, chains: Any) -> Callable[[], None]:
-        """Follow a call's chains (``plugins.chain.Chains``): report the provider each slot
-        is on now and after every switch. Returns a function that stops watching and removes
-        the report."""
-        from plugins.observability.switches import SwitchTracker
+    def watch(self, tracker: SwitchTracker) -> Callable[[], None]:
+        """Follow a call through its switch tracker (the call's one tracker): report the
+        provider each slot is on now and after every switch. Returns a function that stops
+        watching and removes the report."""
 
-        tracker = SwitchTracker(chains)
-        tracker.subscribe(lambda _event: self.update({s: tracker.current(s) for s in SLOTS}))
+        def on_switch(_event: SwitchEvent) -> None:
+            self.update({s: tracker.current(s) for s in SLOTS})
+
+        tracker.subscribe(on_switch)
         self.update({slot: tracker.current(slot) for slot in SLOTS})
 
         def stop() -> None:
-            tracker.close()
+            tracker.unsubscribe(on_switch)
             self.close()
 
         return stop

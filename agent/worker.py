@@ -125,7 +125,7 @@ async def entrypoint(ctx: JobContext) -> None:
         call_id=call_id,
         lead_sink=crm.lead_sink if crm else None,
     )
-    stop_load_report = JobLoadReporter(cfg.data_dir, call_id).watch(runtime)
+    stop_load_report = JobLoadReporter(cfg.data_dir, call_id).watch(runtime.switches)
     if crm is not None:
         crm.recorder.attach(session)  # every item appended (and fsync'd) as it happens
         runtime.on_switch(crm.on_switch)

@@ -3,8 +3,9 @@
 For each case (an LLM answer cut, stalled or empty; a voice cut, stalled or silent on the
 first request, after some audio; a recogniser stalled or cut while the caller speaks) the same plugins and
 simulators run twice in the same process: behind our mid-stream adapters
-(``build_chains(midstream=True)``) and behind LiveKit's stock ``FallbackAdapter`` over the
-same guarded providers (``midstream=False``), so the only difference is the adapter.
+(``build_chains``: :mod:`plugins.fallback`) and behind LiveKit's stock ``FallbackAdapter``
+over the same guarded providers (:func:`bench.midstream_support.with_stock_adapters`), so
+the only difference is the adapter.
 
 Measured per case:
 * **gap**: the longest silence the caller gets at the switch. LLM: the longest pause between
@@ -37,14 +38,22 @@ import numpy as np
 import structlog
 from livekit.agents import utils
 
-from bench.midstream_support import answer, recognize, speak, speech_frames, transcribe, words
+from bench.midstream_support import (
+    answer,
+    recognize,
+    speak,
+    speech_frames,
+    transcribe,
+    with_stock_adapters,
+    words,
+)
 from plugins.chain import build_chains
+from plugins.fallback.llm_adapter import LLMFallbackStream
+from plugins.fallback.stt_adapter import STTFallbackAdapter
 from plugins.resilience.breaker import BreakerConfig
 from plugins.resilience.deadlines import DEFAULT_DEADLINES
 from plugins.resilience.guard_tts import SILENCE_PEAK
-from plugins.resilience.midstream_llm import ContinuingLLMStream
 from plugins.resilience.store import StoreConfig, open_store
-from plugins.resilience.stt_replay import ReplaySTTAdapter
 from plugins.sim.cartesia_sim import CartesiaSimulator
 from plugins.sim.deepgram_sim import DeepgramSimulator
 from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
@@ -123,6 +132,10 @@ def _store(tmp: str) -> Any:
     return open_store(None, Path(tmp), config=config)
 
 
+def _chains(chains: Any, ours: bool) -> Any:
+    return chains if ours else with_stock_adapters(chains)
+
+
 # -- LLM --------------------------------------------------------------------------------------
 async def llm_case(fault: Fault | None, *, ours: bool, reply: str | None = None) -> Outcome:
     async with OpenAISimulator(flavor="openrouter") as a, OpenAISimulator() as b:
@@ -132,7 +145,7 @@ async def llm_case(fault: Fault | None, *, ours: bool, reply: str | None = None)
                 ProviderSpec("llm", "openrouter", base_url=a.base_url, api_key="sim-key"),
                 ProviderSpec("llm", "openai", base_url=b.base_url, api_key="sim-key"),
             ]
-            chains = build_chains(specs, store, probes=False, midstream=ours)
+            chains = _chains(build_chains(specs, store, probes=False), ours)
             try:
                 await answer(chains.llm, "hello", time.perf_counter)  # warm connections
                 if fault is not None:
@@ -151,9 +164,7 @@ async def llm_case(fault: Fault | None, *, ours: bool, reply: str | None = None)
             finally:
                 await chains.aclose()
                 await store.aclose()
-    switches = (
-        streams[0].switches if streams and isinstance(streams[0], ContinuingLLMStream) else []
-    )
+    switches = streams[0].switches if streams and isinstance(streams[0], LLMFallbackStream) else []
     recover = switches[0][2] if switches else None
     complete = heard.error is None
     gap = heard.max_gap_s if complete else None
@@ -171,7 +182,7 @@ async def hedge_case(*, hedge: bool, ours: bool) -> float | None:
                 ProviderSpec("llm", "openrouter", base_url=a.base_url, api_key="sim-key"),
                 ProviderSpec("llm", "openai", base_url=b.base_url, api_key="sim-key"),
             ]
-            chains = build_chains(specs, store, probes=False, midstream=ours, hedge_requests=hedge)
+            chains = _chains(build_chains(specs, store, probes=False, hedge_requests=hedge), ours)
             try:
                 for _ in range(6):  # learn the primary's latency
                     await answer(chains.llm, QUESTION, time.perf_counter)
@@ -197,7 +208,7 @@ async def tts_case(fault: Fault | None, *, ours: bool) -> tuple[Outcome, list[st
                 ProviderSpec("tts", "cartesia", base_url=a.base_url, api_key="sim-key"),
                 ProviderSpec("tts", "elevenlabs", base_url=b.base_url, api_key="sim-key"),
             ]
-            chains = build_chains(specs, store, probes=False, midstream=ours)
+            chains = _chains(build_chains(specs, store, probes=False), ours)
             try:
                 await speak(chains.tts, "Hello there.", time.perf_counter)  # warm
                 if fault is not None:
@@ -244,7 +255,7 @@ async def stt_case(fault: Fault | None, *, ours: bool, frames: list[Any]) -> Out
         with tempfile.TemporaryDirectory() as tmp:
             store = _store(tmp)
             spec = ProviderSpec("stt", "deepgram", base_url=sim.base_url, api_key="sim-key")
-            chains = build_chains([spec], store, probes=False, midstream=ours)
+            chains = _chains(build_chains([spec], store, probes=False), ours)
             try:
                 if fault is not None:
                     sim.state.plan.always(fault)
@@ -255,7 +266,7 @@ async def stt_case(fault: Fault | None, *, ours: bool, frames: list[Any]) -> Out
             finally:
                 await chains.aclose()
                 await store.aclose()
-    switches = chains.stt.switches if isinstance(chains.stt, ReplaySTTAdapter) else []
+    switches = chains.stt.switches if isinstance(chains.stt, STTFallbackAdapter) else []
     recover = switches[0].recovered_s if switches else None
     got = words(text)
     gap = max(0.0, done - speech_end) if got and error is None else None

@@ -142,3 +142,32 @@ async def recognize(
         feeder.cancel()
         await stream.aclose()
     return " ".join(finals), error
+
+
+def with_stock_adapters(chains: Any) -> Any:
+    """The same chains (``plugins.chain.Chains``: the same guarded members, guards, probers)
+    behind LiveKit's stock ``FallbackAdapter`` s, as ``build_chains`` configures ours (no
+    retries of the members' own): the baseline the mid-stream benchmark and tests compare
+    against. Ours are closed with the chains all the same."""
+    import dataclasses
+
+    stock = dataclasses.replace(
+        chains,
+        stt=stt.FallbackAdapter(chains.stt.members, max_retry_per_stt=0),
+        llm=llm.FallbackAdapter(
+            chains.llm.members,
+            attempt_timeout=chains.llm._attempt_timeout,
+            max_retry_per_llm=0,
+        ),
+        tts=tts.FallbackAdapter(chains.tts.members, max_retry_per_tts=0),
+    )
+    ours = (chains.stt, chains.llm, chains.tts)
+    close = stock.aclose
+
+    async def aclose() -> None:
+        await close()
+        for adapter in ours:
+            await adapter.aclose()
+
+    stock.aclose = aclose
+    return stock

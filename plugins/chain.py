@@ -1,7 +1,8 @@
-"""The library entry point: provider specs in, three LiveKit ``FallbackAdapter`` objects out.
+"""The library entry point: provider specs in, three fallback adapters out.
 
-``build_chains(specs, store)`` returns plain LiveKit STT/LLM/TTS objects that any LiveKit app
-can hand to ``AgentSession``. Each cloud provider is wrapped in a guard (shared breaker,
+``build_chains(specs, store)`` returns our drop-in ``FallbackAdapter`` subclasses
+(:mod:`plugins.fallback`): plain LiveKit STT/LLM/TTS objects that any LiveKit app can hand to
+``AgentSession``. Each cloud provider is wrapped in a guard (shared breaker,
 deadlines, classification, metering) and gets a background prober; each chain ends on the
 slot's local provider, which needs no network and no key and is never guarded off, so a
 caller always hears an answer. A provider whose key is missing is skipped with one log line.
@@ -21,6 +22,7 @@ from livekit.agents import llm, stt, tts
 from livekit.agents import vad as lk_vad
 
 from plugins.catalog import CATALOG, definition_for
+from plugins.fallback import LLMFallbackAdapter, STTFallbackAdapter, TTSFallbackAdapter
 from plugins.local.responder import Responder
 from plugins.providers.definition import BuildContext, Provider, ProviderUnusableError
 from plugins.resilience.breaker import key_fingerprint
@@ -29,12 +31,9 @@ from plugins.resilience.guard import Guard
 from plugins.resilience.guard_llm import GuardedLLM
 from plugins.resilience.guard_stt import GuardedSTT
 from plugins.resilience.guard_tts import GuardedTTS
-from plugins.resilience.midstream_llm import ContinuingLLMAdapter
 from plugins.resilience.phrases import vocabulary
 from plugins.resilience.probes import Prober
 from plugins.resilience.response_tap import ResponseTap
-from plugins.resilience.stt_replay import ReplaySTTAdapter
-from plugins.resilience.tts_resume import ResumingTTSAdapter
 from plugins.resilience.types import GuardObserver, HealthStore
 from plugins.spec import ProviderSpec, Slot
 
@@ -51,9 +50,9 @@ Member = stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any]
 class Chains:
     """The three chains, plus what was built into them (for status, tests and shutdown)."""
 
-    stt: stt.FallbackAdapter
-    llm: llm.FallbackAdapter
-    tts: tts.FallbackAdapter
+    stt: STTFallbackAdapter
+    llm: LLMFallbackAdapter
+    tts: TTSFallbackAdapter
     order: dict[Slot, list[str]] = field(default_factory=dict)  # provider keys, in order
     skipped: dict[str, str] = field(default_factory=dict)  # provider key -> why
     guards: dict[str, Guarded] = field(default_factory=dict)
@@ -89,7 +88,6 @@ def build_chains(
     probes: bool = True,
     llm_attempt_timeout: float = 5.0,
     responder: Responder | None = None,
-    midstream: bool = True,
     hedge_requests: bool = False,
 ) -> Chains:
     """Build the STT, LLM and TTS chains in the order the specs give.
@@ -100,11 +98,12 @@ def build_chains(
     ``responder`` decides what the ``free-llm`` floor says (and which tools it calls): the
     application's own conversation; without one the floor is the generic
     :class:`plugins.local.faq_responder.FaqResponder`.
-    ``midstream`` (default on) uses the adapters that survive a failure mid-stream: the LLM
-    answer continues on the next provider, TTS resumes at the first unspoken sentence, STT
-    replays the caller's current utterance; ``False`` gives LiveKit's stock adapters.
-    ``hedge_requests`` (off by default; needs ``midstream``): an LLM late past its measured
-    p95 gets the next provider started in parallel, and the first to answer is kept.
+    The adapters survive a failure mid-stream: the LLM answer continues on the next
+    provider, TTS resumes at the first unspoken sentence, STT replays the caller's current
+    utterance. Members are asked for no retries of their own (``max_retry_per_*=0``): a
+    failed attempt is the chain's cue to move on.
+    ``hedge_requests`` (off by default): an LLM late past its measured p95 gets the next
+    provider started in parallel, and the first to answer is kept.
     A spec's ``extra["prefill"] = "continue"`` says that provider continues a trailing
     assistant message (assistant prefill); others restart and are aligned with what was said.
     """
@@ -192,29 +191,18 @@ def build_chains(
     llm_chain = [c for c in chains["llm"] if isinstance(c, llm.LLM)]
     tts_chain = [c for c in chains["tts"] if isinstance(c, tts.TTS)]
     log.info("chains built", **{slot: " > ".join(keys) for slot, keys in order.items()})
-    stt_adapter: stt.FallbackAdapter
-    llm_adapter: llm.FallbackAdapter
-    tts_adapter: tts.FallbackAdapter
-    if midstream:
-        prefill = {id(guards[s.key]) for s in specs if s.key in guards and _continues_prefill(s)}
-        stt_adapter = ReplaySTTAdapter(stt_chain, vad=vad)
-        llm_adapter = ContinuingLLMAdapter(
+    prefill = {id(guards[s.key]) for s in specs if s.key in guards and _continues_prefill(s)}
+    return Chains(
+        stt=STTFallbackAdapter(stt_chain, vad=vad, max_retry_per_stt=0, keys=order["stt"]),
+        llm=LLMFallbackAdapter(
             llm_chain,
             attempt_timeout=llm_attempt_timeout,
+            max_retry_per_llm=0,
             prefill=lambda member: id(member) in prefill,
             hedge_after_s=_hedge_after if hedge_requests else None,
-        )
-        tts_adapter = ResumingTTSAdapter(tts_chain)
-    else:
-        stt_adapter = stt.FallbackAdapter(stt_chain, vad=vad, max_retry_per_stt=0)
-        llm_adapter = llm.FallbackAdapter(
-            llm_chain, attempt_timeout=llm_attempt_timeout, max_retry_per_llm=0
-        )
-        tts_adapter = tts.FallbackAdapter(tts_chain, max_retry_per_tts=0)
-    return Chains(
-        stt=stt_adapter,
-        llm=llm_adapter,
-        tts=tts_adapter,
+            keys=order["llm"],
+        ),
+        tts=TTSFallbackAdapter(tts_chain, max_retry_per_tts=0, keys=order["tts"]),
         order=order,
         skipped=skipped,
         guards=guards,

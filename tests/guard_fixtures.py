@@ -12,7 +12,7 @@ from livekit.agents import llm, tts
 
 from plugins.resilience.breaker import BreakerConfig
 from plugins.resilience.store import DocumentStore, StoreConfig, open_store
-from plugins.resilience.types import Admission, BreakerState, Failure
+from plugins.resilience.types import Admission, BreakerState, Failure, GuardObserver
 
 
 class FakeClock:
@@ -29,17 +29,18 @@ class FakeClock:
 
 
 @dataclass
-class RecordingObserver:
+class RecordingObserver(GuardObserver):
     attempts: list[tuple[str, bool]] = field(default_factory=list)
     successes: list[tuple[str, float | None]] = field(default_factory=list)
     failures: list[tuple[str, Failure, BreakerState]] = field(default_factory=list)
     skips: list[tuple[str, Admission]] = field(default_factory=list)
     usage: list[tuple[str, str, float]] = field(default_factory=list)
+    costs: list[tuple[str, float]] = field(default_factory=list)
 
     def on_attempt(self, key: str, *, is_probe: bool) -> None:
         self.attempts.append((key, is_probe))
 
-    def on_success(self, key: str, *, latency_s: float | None) -> None:
+    def on_success(self, key: str, *, latency_s: float | None, is_probe: bool = False) -> None:
         self.successes.append((key, latency_s))
 
     def on_failure(self, key: str, failure: Failure, new_state: BreakerState) -> None:
@@ -50,6 +51,9 @@ class RecordingObserver:
 
     def on_usage(self, key: str, unit: str, amount: float) -> None:
         self.usage.append((key, unit, amount))
+
+    def on_cost(self, key: str, usd: float) -> None:
+        self.costs.append((key, usd))
 
     def kinds(self, key: str) -> list[str]:
         return [f.kind.value for k, f, _ in self.failures if k == key]

@@ -18,18 +18,18 @@ from livekit.agents import llm
 
 from plugins.chain import build_chains
 from plugins.resilience.store import StoreConfig, open_store
-from plugins.resilience.types import Admission, BreakerState, Failure
+from plugins.resilience.types import Admission, BreakerState, Failure, GuardObserver
 from plugins.spec import ProviderSpec
 
 
-class Events:
+class Events(GuardObserver):
     def __init__(self) -> None:
         self.log: list[dict[str, Any]] = []
 
     def on_attempt(self, key: str, *, is_probe: bool) -> None:
         self.log.append({"event": "attempt", "key": key, "probe": is_probe})
 
-    def on_success(self, key: str, *, latency_s: float | None) -> None:
+    def on_success(self, key: str, *, latency_s: float | None, is_probe: bool = False) -> None:
         self.log.append({"event": "success", "key": key})
 
     def on_failure(self, key: str, failure: Failure, new_state: BreakerState) -> None:
@@ -39,9 +39,6 @@ class Events:
 
     def on_skip(self, key: str, admission: Admission) -> None:
         self.log.append({"event": "skip", "key": key, "reason": admission.reason})
-
-    def on_usage(self, key: str, unit: str, amount: float) -> None:
-        return None
 
 
 async def main(redis_url: str, prefix: str, openai_url: str, data_dir: str) -> None:

@@ -51,7 +51,7 @@ async def phone_call(ctx: JobContext) -> None:
     settings: Settings = ctx.proc.userdata.get("settings") or load_settings()
     job_id = ctx.job.id
     session, chains = await build_session(settings, vad=ctx.proc.userdata["vad"], call_id=job_id)
-    stop_load_report = JobLoadReporter(settings.data_dir, job_id).watch(chains)
+    stop_load_report = JobLoadReporter(settings.data_dir, job_id).watch(chains.switches)
     store = JournalStore.in_dir(settings.data_dir, settings.secret("encryption_key"))
     recorder = CallRecorder(store, job_id, caller_phone=CALLER_PHONE)
     recorder.attach(session)

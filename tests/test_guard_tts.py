@@ -18,7 +18,7 @@ from plugins.resilience.guard import Guard
 from plugins.resilience.guard_tts import GuardedTTS
 from plugins.resilience.store import DocumentStore
 from plugins.resilience.types import BreakerState, FailureKind
-from plugins.sim.cartesia_sim import REJECTED_KEY, CartesiaSimulator
+from plugins.sim.cartesia_sim import REJECTED_KEY, WS_ROUTE, CartesiaSimulator
 from plugins.sim.elevenlabs_sim import REJECTED_KEY as ELEVEN_REJECTED_KEY
 from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
 from plugins.sim.faults import Fault, FaultType
@@ -226,7 +226,9 @@ async def test_one_probe_per_window_whatever_the_number_of_chains(
     served = ServedBy(fresh.tts)
     await synthesize(fresh.tts, TEXT)
     await _settle(fresh)
-    assert sim.state.log.count() == seen + 2
+    # the primary again: one utterance, on one WebSocket (its handshake, then its context)
+    assert sim.state.log.count() == seen + 3
+    assert sim.state.log.count(WS_ROUTE) == 1
     assert "cartesia" in served.last()
     for c in [*chains, fresh]:
         await c.aclose()
@@ -310,7 +312,8 @@ async def test_usage_and_cost_are_metered_per_provider(
     usage = (await store.health(KEY)).usage
     assert usage["characters"] == len(TEXT)
     assert usage["usd"] == pytest.approx(len(TEXT) * 0.001)
-    assert (KEY, "usd", pytest.approx(len(TEXT) * 0.001)) in observer.usage
+    assert (KEY, pytest.approx(len(TEXT) * 0.001)) in observer.costs  # cost: its own event
+    assert all(unit != "usd" for _, unit, _ in observer.usage)
     await chains.aclose()
 
 

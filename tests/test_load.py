@@ -25,6 +25,7 @@ from agent.load import (
     running_calls,
 )
 from plugins.chain import build_chains
+from plugins.observability.switches import SwitchTracker
 from plugins.resilience.store import open_store
 from plugins.sim.faults import Fault, FaultType
 from plugins.sim.openai_sim import OpenAISimulator
@@ -124,7 +125,8 @@ async def test_a_call_that_falls_back_reports_its_new_provider(
         probes=False,
     )
     reporter = JobLoadReporter(tmp_path / "data", "AJ_call")
-    stop = reporter.watch(chains)
+    tracker = SwitchTracker(chains)  # the call's one tracker
+    stop = reporter.watch(tracker)
     try:
         assert json.loads(reporter.path.read_text())["providers"]["llm"] == "openai"
         ctx = llm.ChatContext.empty()

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 from livekit.agents import llm
 
-from bench.midstream_support import answer, words
+from bench.midstream_support import answer, with_stock_adapters, words
 from plugins.chain import Chains, build_chains
+from plugins.fallback import LLMFallbackAdapter
+from plugins.fallback.align import Aligner
 from plugins.resilience.deadlines import DeadlineSettings
-from plugins.resilience.midstream_llm import Aligner, ContinuingLLMAdapter
 from plugins.resilience.store import DocumentStore
 from plugins.sim.faults import Fault, FaultType
 from plugins.sim.openai_sim import OpenAISimulator
@@ -54,15 +55,15 @@ def _chains(
             extra=secondary_extra or {},
         ),
     ]
-    return build_chains(
+    chains = build_chains(
         specs,
         store,
         deadlines=FAST,
         clock=clock,
         probes=False,
-        midstream=midstream,
         observers=[observer] if observer else [],
     )
+    return chains if midstream else with_stock_adapters(chains)
 
 
 async def _expected(sims: tuple[OpenAISimulator, OpenAISimulator], store: DocumentStore) -> str:
@@ -90,7 +91,7 @@ async def test_cut_mid_answer_continues_without_repeating_a_word(
     assert heard.error is None
     assert words(heard.text) == words(expected)  # every word once, in order
     assert sims[0].state.log.count() == 1 and sims[1].state.log.count() == 1
-    assert isinstance(chains.llm, ContinuingLLMAdapter)
+    assert isinstance(chains.llm, LLMFallbackAdapter)
 
 
 async def test_stock_adapter_presents_the_cut_answer_as_an_error_after_partial_text(
@@ -175,7 +176,7 @@ async def test_a_truncated_answer_nobody_can_finish_ends_in_an_error(
         llm_for(primary.base_url + "", "openrouter/auto"),
         llm_for(secondary.base_url, "gpt-4o-mini"),
     ]
-    adapter = ContinuingLLMAdapter(members)
+    adapter = LLMFallbackAdapter(members)
     heard = await answer(adapter, QUESTION, time.perf_counter)
     await adapter.aclose()
     assert heard.text and heard.error is not None and "incomplete" in heard.error

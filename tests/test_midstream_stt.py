@@ -8,11 +8,11 @@ import pytest
 from livekit import rtc
 from livekit.agents import utils
 
-from bench.midstream_support import recognize, speech_frames, words
+from bench.midstream_support import recognize, speech_frames, with_stock_adapters, words
 from plugins.chain import Chains, build_chains
+from plugins.fallback import STTFallbackAdapter
 from plugins.resilience.deadlines import DeadlineSettings
 from plugins.resilience.store import DocumentStore
-from plugins.resilience.stt_replay import ReplaySTTAdapter
 from plugins.sim.deepgram_sim import DeepgramSimulator
 from plugins.sim.faults import Fault, FaultType
 from plugins.spec import ProviderSpec
@@ -47,15 +47,15 @@ def _chains(
     midstream: bool = True,
 ) -> Chains:
     spec = ProviderSpec("stt", "deepgram", base_url=sim.base_url, api_key="sim-key")
-    return build_chains(
+    chains = build_chains(
         [spec],
         store,
         deadlines=FAST,
         clock=clock,
         probes=False,
-        midstream=midstream,
         observers=[observer],
     )
+    return chains if midstream else with_stock_adapters(chains)
 
 
 async def _floor_alone(speech: list[rtc.AudioFrame]) -> str:
@@ -89,7 +89,7 @@ async def test_failed_stream_replays_the_utterance_to_the_next_recogniser(
     observer = RecordingObserver()
     chains = _chains(sim, store, clock, observer)
     adapter = chains.stt
-    assert isinstance(adapter, ReplaySTTAdapter)
+    assert isinstance(adapter, STTFallbackAdapter)
     try:
         text, error = await recognize(adapter, speech, pace=0.5)
     finally:

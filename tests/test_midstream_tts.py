@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from livekit.agents import tokenize, utils
 
-from bench.midstream_support import speak, transcribe, words
+from bench.midstream_support import speak, transcribe, with_stock_adapters, words
 from plugins.chain import Chains, build_chains
+from plugins.fallback import TTSFallbackAdapter
 from plugins.resilience.deadlines import DeadlineSettings
 from plugins.resilience.store import DocumentStore
-from plugins.resilience.tts_resume import ResumingTTSAdapter
 from plugins.sim.cartesia_sim import CartesiaSimulator
 from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
 from plugins.sim.faults import Fault, FaultType
+from plugins.sim.tts_audio import speak as speak_pcm
 from plugins.spec import ProviderSpec
 from tests.guard_fixtures import FakeClock, RecordingObserver, clock, store
 
@@ -57,15 +59,15 @@ def _chains(
         ProviderSpec("tts", "cartesia", base_url=a.base_url, api_key="sim-key"),
         ProviderSpec("tts", "elevenlabs", base_url=b.base_url, api_key="sim-key"),
     ]
-    return build_chains(
+    chains = build_chains(
         specs,
         store,
         deadlines=FAST,
         clock=clock,
         probes=False,
-        midstream=midstream,
         observers=[observer],
     )
+    return chains if midstream else with_stock_adapters(chains)
 
 
 SENTENCES = tokenize.basic.SentenceTokenizer().tokenize(TEXT)
@@ -74,7 +76,8 @@ SENTENCES = tokenize.basic.SentenceTokenizer().tokenize(TEXT)
 @pytest.mark.parametrize(
     ("fault", "kind"),
     [
-        (Fault(FaultType.CUT, after_chunks=25), "truncated"),  # /tts/bytes body cut short
+        # one WebSocket context for the utterance; closed mid-context after 1 s of audio
+        (Fault(FaultType.CUT, after_chunks=25), "connection_error"),
         (Fault(FaultType.STALL, after_chunks=25), "stall"),  # 1 s heard
         (Fault(FaultType.SILENT), "empty_result"),
         (Fault(FaultType.EMPTY), "empty_result"),
@@ -91,7 +94,7 @@ async def test_failed_voice_resumes_at_the_first_unspoken_sentence(
     observer = RecordingObserver()
     chains = _chains(sims, store, clock, observer)
     chains_tts = chains.tts
-    assert isinstance(chains_tts, ResumingTTSAdapter)
+    assert isinstance(chains_tts, TTSFallbackAdapter)
     sims[0].state.plan.once(fault)
     try:
         spoken = await speak(chains_tts, TEXT, time.perf_counter)
@@ -114,11 +117,10 @@ async def test_voice_change_mid_utterance_is_logged_with_the_sentence(
     observer = RecordingObserver()
     chains = _chains(sims, store, clock, observer)
     adapter = chains.tts
-    assert isinstance(adapter, ResumingTTSAdapter)
-    # sentence 1 on Cartesia (a harmless rule uses up its request), then a cut on sentence 2
-    plan = sims[0].state.plan
-    plan.once(Fault(FaultType.SLOW_FIRST, delay_s=0.0))
-    plan.once(Fault(FaultType.CUT, after_chunks=1))
+    assert isinstance(adapter, TTSFallbackAdapter)
+    # one WebSocket context carries the utterance: cut it a few chunks into sentence 2
+    first_chunks = math.ceil(speak_pcm(SENTENCES[0], 24_000).size / (24_000 * 40 // 1000))
+    sims[0].state.plan.once(Fault(FaultType.CUT, after_chunks=first_chunks + 4))
     try:
         spoken = await speak(adapter, TEXT, time.perf_counter)
     finally:
@@ -128,6 +130,6 @@ async def test_voice_change_mid_utterance_is_logged_with_the_sentence(
     voices = [v for v, _ in adapter.delivered]
     assert "cartesia" in voices[0] and all("elevenlabs" in v for v in voices[1:])
     assert len(adapter.switches) == 1
-    assert observer.kinds("tts:cartesia") == ["truncated"]
+    assert observer.kinds("tts:cartesia") == ["connection_error"]  # the socket closed (1006)
     switch = adapter.switches[0]
     assert switch.sentence == 1 and "cartesia" in switch.source and "elevenlabs" in switch.target

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from plugins.resilience.types import Admission, BreakerState, Failure
+from plugins.resilience.types import Admission, BreakerState, Failure, GuardObserver
 
 REQUESTS = Counter(
     "voice_provider_requests_total",
@@ -72,17 +72,14 @@ def _labels(key: str) -> tuple[str, str]:
     return slot, provider
 
 
-class PrometheusObserver:
-    """A :class:`~plugins.resilience.types.GuardObserver` that moves the metrics above.
-
-    The guards meter cost as usage in the ``usd`` unit; it goes to the cost counter.
-    """
+class PrometheusObserver(GuardObserver):
+    """A guard observer that moves the metrics above."""
 
     def on_attempt(self, key: str, *, is_probe: bool) -> None:
         slot, provider = _labels(key)
         REQUESTS.labels(slot, provider, "yes" if is_probe else "no").inc()
 
-    def on_success(self, key: str, *, latency_s: float | None) -> None:
+    def on_success(self, key: str, *, latency_s: float | None, is_probe: bool = False) -> None:
         slot, provider = _labels(key)
         SUCCESSES.labels(slot, provider).inc()
         if latency_s is not None:
@@ -101,10 +98,11 @@ class PrometheusObserver:
 
     def on_usage(self, key: str, unit: str, amount: float) -> None:
         slot, provider = _labels(key)
-        if unit == "usd":
-            COST.labels(slot, provider).inc(amount)
-        else:
-            USAGE.labels(slot, provider, unit).inc(amount)
+        USAGE.labels(slot, provider, unit).inc(amount)
+
+    def on_cost(self, key: str, usd: float) -> None:
+        slot, provider = _labels(key)
+        COST.labels(slot, provider).inc(usd)
 
     def on_failover(self, slot: str, from_provider: str, to_provider: str) -> None:
         FAILOVERS.labels(slot, from_provider, to_provider).inc()

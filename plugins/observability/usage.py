@@ -1,40 +1,31 @@
 """What one call used and what it cost, per provider: the summary at the end of every call.
 
-Fed by the guards' ``on_usage`` events. The guards meter each provider in its own unit
-(characters, audio seconds, tokens) and, priced at the catalog's or the settings' rate, in
-``usd``; the summary goes to the call's log and into the CRM note with the transcript.
+Fed by the guards' ``on_usage`` events (each provider in its own unit: characters, audio
+seconds, tokens) and ``on_cost`` events (that usage priced at the catalog's or the settings'
+rate); the summary goes to the call's log and into the CRM note with the transcript.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from plugins.resilience.types import Admission, BreakerState, Failure
+from plugins.resilience.types import GuardObserver
 
 COST_UNIT = "usd"
 _UNIT_NAMES = {"characters": "chars", "audio_seconds": "s audio", "tokens": "tokens"}
 
 
-class CallUsage:
-    """A :class:`~plugins.resilience.types.GuardObserver` that totals one call's usage."""
+class CallUsage(GuardObserver):
+    """A guard observer that totals one call's usage and cost."""
 
     def __init__(self) -> None:
         self._usage: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
 
-    def on_attempt(self, key: str, *, is_probe: bool) -> None:
-        return None
-
-    def on_success(self, key: str, *, latency_s: float | None) -> None:
-        return None
-
-    def on_failure(self, key: str, failure: Failure, new_state: BreakerState) -> None:
-        return None
-
-    def on_skip(self, key: str, admission: Admission) -> None:
-        return None
-
     def on_usage(self, key: str, unit: str, amount: float) -> None:
         self._usage[key][unit] += amount
+
+    def on_cost(self, key: str, usd: float) -> None:
+        self._usage[key][COST_UNIT] += usd
 
     def totals(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []

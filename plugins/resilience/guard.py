@@ -98,7 +98,7 @@ class Guard:
         if self._fingerprint is not None:
             await self.register()
         if self._clock() < self._closed_until:
-            self.notify("on_attempt", self.key, is_probe=False)
+            self.notify(lambda o: o.on_attempt(self.key, is_probe=False))
             return _CACHED_CLOSED
         admission = await self.store.admit(self.key)
         if admission.allowed and admission.is_probe and self.prober is not None:
@@ -110,7 +110,7 @@ class Guard:
                 until=admission.until,
             )
         if not admission.allowed:
-            self.notify("on_skip", self.key, admission)
+            self.notify(lambda o: o.on_skip(self.key, admission))
             if self.prober is not None and admission.state is not BreakerState.KEY_REJECTED:
                 self.prober.schedule(admission.until)
             raise ProviderUnavailableError(
@@ -118,7 +118,7 @@ class Guard:
             )
         if admission.state is BreakerState.CLOSED and not admission.is_probe:
             self._closed_until = self._clock() + self._admit_cache_s
-        self.notify("on_attempt", self.key, is_probe=admission.is_probe)
+        self.notify(lambda o: o.on_attempt(self.key, is_probe=admission.is_probe))
         return admission
 
     async def register(self) -> None:
@@ -136,7 +136,7 @@ class Guard:
     def succeeded(self, latency_s: float | None) -> None:
         if latency_s is not None:
             self.deadline.observe(latency_s)
-        self.notify("on_success", self.key, latency_s=latency_s)
+        self.notify(lambda o: o.on_success(self.key, latency_s=latency_s))
         self.spawn(self.store.record_success(self.key, latency_s=latency_s))
 
     def classify(self, exc: BaseException, since: float = 0.0) -> Failure:
@@ -171,7 +171,7 @@ class Guard:
         if failure.kind.counts_against_health:
             self._closed_until = 0.0
         state = await self.store.record_failure(self.key, failure)
-        self.notify("on_failure", self.key, failure, state)
+        self.notify(lambda o: o.on_failure(self.key, failure, state))
         if failure.kind is FailureKind.KEY_REJECTED:
             if not self._warned_key:
                 self._warned_key = True
@@ -196,11 +196,11 @@ class Guard:
     def usage(self, unit: str, amount: float) -> None:
         if amount <= 0:
             return
-        self.notify("on_usage", self.key, unit, amount)
+        self.notify(lambda o: o.on_usage(self.key, unit, amount))
         self.spawn(self.store.add_usage(self.key, unit, amount))
         if self.price_per_unit_usd > 0:
             cost = amount * self.price_per_unit_usd
-            self.notify("on_usage", self.key, UNIT_USD, cost)
+            self.notify(lambda o: o.on_cost(self.key, cost))
             self.spawn(self.store.add_usage(self.key, UNIT_USD, cost))
 
     # -- plumbing --------------------------------------------------------------------------
@@ -220,10 +220,12 @@ class Guard:
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
-    def notify(self, method: str, *args: object, **kwargs: object) -> None:
+    def notify(self, event: Callable[[GuardObserver], None]) -> None:
+        """Tell every observer, e.g. ``notify(lambda o: o.on_skip(key, admission))``; one
+        observer's exception is logged and never reaches the call or the other observers."""
         for observer in self.observers:
             try:
-                getattr(observer, method)(*args, **kwargs)
+                event(observer)
             except Exception:
                 log.exception("guard observer failed", observer=type(observer).__name__)
 

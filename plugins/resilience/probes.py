@@ -85,7 +85,7 @@ class Prober(ProbeHook):
 
     async def _probe(self, admission: Admission) -> None:
         self.sent += 1
-        self.guard.notify("on_attempt", self.guard.key, is_probe=True)
+        self.guard.notify(lambda o: o.on_attempt(self.guard.key, is_probe=True))
         since = self.guard.started()
         try:
             latency = await self.request()
@@ -99,7 +99,7 @@ class Prober(ProbeHook):
                 self.schedule(None)
             return
         await self.guard.store.record_success(self.guard.key, latency_s=latency)
-        self.guard.notify("on_success", self.guard.key, latency_s=latency)
+        self.guard.notify(lambda o: o.on_success(self.guard.key, latency_s=latency, is_probe=True))
         log.info("probe succeeded: provider back", provider=self.guard.key, latency_s=latency)
 
     async def _wait_then_probe(self, at: float | None) -> None:

@@ -137,15 +137,29 @@ class HealthStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-class GuardObserver(Protocol):
-    """Receives what the guards see; the health logger and the metrics implement it."""
+class GuardObserver:
+    """Receives what the guards see; the health logger, the metrics and the usage meter do.
 
-    def on_attempt(self, key: str, *, is_probe: bool) -> None: ...
+    A base class of no-op methods, called directly by the guard (never looked up by name): an
+    observer overrides what it needs, and a new event is one new method here, not a change to
+    every observer. An exception raised by an observer is logged by the guard and never
+    reaches the call.
+    """
 
-    def on_success(self, key: str, *, latency_s: float | None) -> None: ...
+    def on_attempt(self, key: str, *, is_probe: bool) -> None:
+        """A request (``is_probe``: a synthetic probe) was admitted and is being sent."""
 
-    def on_failure(self, key: str, failure: Failure, new_state: BreakerState) -> None: ...
+    def on_success(self, key: str, *, latency_s: float | None, is_probe: bool = False) -> None:
+        """The provider answered (a probe's success means it is back)."""
 
-    def on_skip(self, key: str, admission: Admission) -> None: ...
+    def on_failure(self, key: str, failure: Failure, new_state: BreakerState) -> None:
+        """An attempt (or a probe) failed; ``new_state`` is the breaker after recording it."""
 
-    def on_usage(self, key: str, unit: str, amount: float) -> None: ...
+    def on_skip(self, key: str, admission: Admission) -> None:
+        """The store refused the provider; the chain moved on without a request."""
+
+    def on_usage(self, key: str, unit: str, amount: float) -> None:
+        """The provider was used: ``amount`` of ``unit`` (characters, audio seconds, tokens)."""
+
+    def on_cost(self, key: str, usd: float) -> None:
+        """What that usage cost, at the catalog's (or the settings') price."""
