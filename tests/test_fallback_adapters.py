@@ -149,8 +149,9 @@ async def test_silence_fails_over_unless_it_is_legitimate() -> None:
     assert strict.delivered and all(voice == "fake.loud" for voice, _ in strict.delivered)
     await strict.aclose()
 
-    quiet, loud = FakeTTS("quiet", silent=True), FakeTTS("loud")
-    lenient = TTSFallbackAdapter([quiet, loud], max_retry_per_tts=0, silence_is_failure=False)
+    # a primary that is down, then a voice whose silence is legitimate: it serves
+    down, quiet, loud = FakeTTS("down", down=True), FakeTTS("quiet", silent=True), FakeTTS("loud")
+    lenient = TTSFallbackAdapter([down, quiet, loud], max_retry_per_tts=0, silence_is_failure=False)
     spoken = await speak(lenient, "Hello there. How are you?", time.perf_counter)
     assert spoken.error is None and spoken.pcm.size > 0
     assert lenient.metrics_metadata["model_name"] == "quiet-model"

@@ -232,8 +232,7 @@ class _Take:
             voice.emitter.push_frame(held)
         self._held.clear()
         voice.emitter.push_frame(frame)
-        if self._hold or _peak(frame) > voice.adapter.silence_peak:
-            voice.heard(self._index)
+        voice.heard(self._index)
 
 
 class _Voice:
@@ -353,7 +352,8 @@ class _Voice:
         self.adapter.delivered.extend((label, s) for s in sentences)
 
     def heard(self, index: int) -> None:
-        """Audible audio from member ``index`` went to the caller."""
+        """Audio from member ``index`` went to the caller (with ``silence_is_failure``: once
+        it was audible)."""
         if not self._take_started:
             self._take_started = True
             # LiveKit: the instance whose audio the caller hears names the metrics
