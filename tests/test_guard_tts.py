@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from livekit.agents import utils
+from livekit.agents import tts, utils
 from livekit.plugins import cartesia
 
 from plugins.chain import Chains, build_chains
@@ -433,4 +434,38 @@ async def test_elevenlabs_rejected_key_is_still_key_rejected(
     await _settle(chains)
     assert raised.value.failure.kind is FailureKind.KEY_REJECTED
     assert (await store.health(ELEVEN)).state is BreakerState.KEY_REJECTED
+    await chains.aclose()
+
+
+async def _stream(adapter: tts.TTS[Any], text: str) -> None:
+    async with adapter.stream() as stream:
+        stream.push_text(text)
+        stream.end_input()
+        async for _ in stream:
+            pass
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        (Fault(FaultType.STATUS, status=429), FailureKind.RATE_LIMITED),
+        (Fault(FaultType.QUOTA), FailureKind.QUOTA_EXHAUSTED),
+    ],
+    ids=["429", "402"],
+)
+async def test_an_in_band_error_on_a_pooled_socket_is_classified_by_its_status(
+    sim: CartesiaSimulator, store: DocumentStore, clock: FakeClock, fault: Fault, kind: FailureKind
+) -> None:
+    """The socket is already open, so the error comes as a frame (``status_code`` inside),
+    which LiveKit's Cartesia plugin reads as the end of the audio: the tap still sees it."""
+    observer = RecordingObserver()
+    chains = _chains(sim, store, clock, observer)
+    await _stream(chains.tts, TEXT)  # opens the pooled WebSocket
+    sim.state.plan.once(fault)
+    await _stream(chains.tts, TEXT)  # the floor answers
+    await _settle(chains)
+    contexts = [a for a in sim.state.log.items() if a.route == WS_ROUTE]
+    assert contexts[-1].fault is not None  # the fault came in-band, on the open socket
+    assert [f.kind for _, f, _ in observer.failures] == [kind]
+    assert (await store.health(KEY)).state is BreakerState.OPEN  # at once, not after 3
     await chains.aclose()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -119,10 +120,15 @@ class ResponseTap:
         return trace
 
     def websocket_class(self) -> type[aiohttp.ClientWebSocketResponse]:
-        """A ``ws_response_class`` for the traced session: records each close frame received.
+        """A ``ws_response_class`` for the traced session: records each close frame received,
+        and each in-band error frame that carries a status (Cartesia's
+        ``{"type": "error", "status_code": 429, ...}``).
 
         aiohttp's trace hooks see no WebSocket frames; its session's public
         ``ws_response_class`` is the one place that does, without touching plugin internals.
+        An in-band error matters because a plugin may not surface it: LiveKit's Cartesia
+        plugin reads the error's ``done: true`` as the end of the audio, so without the tap a
+        429 or a 402 on a pooled socket would look like an empty answer.
         """
         tap = self
 
@@ -131,9 +137,25 @@ class ResponseTap:
                 msg: aiohttp.WSMessage = await super().receive(timeout)
                 if msg.type is aiohttp.WSMsgType.CLOSE and isinstance(msg.data, int):
                     tap.record_close(msg.data, msg.extra if isinstance(msg.extra, str) else "")
+                elif msg.type is aiohttp.WSMsgType.TEXT and isinstance(msg.data, str):
+                    tap.record_in_band(msg.data)
                 return msg
 
         return TappedWebSocketResponse
+
+    def record_in_band(self, text: str) -> None:
+        """A text frame: kept when it is an error object with an HTTP-like status."""
+        if '"error"' not in text[:256]:
+            return  # audio chunks and timestamps are not parsed
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(data, dict) or data.get("type") != "error":
+            return
+        status = data.get("status_code")
+        if isinstance(status, int) and status >= 400:
+            self.record(status, {}, text)
 
     def httpx_hook(self) -> Callable[[Any], Awaitable[None]]:
         """A ``response`` event hook for the httpx client inside the OpenAI SDK."""
