@@ -7,10 +7,11 @@ time on every frame (``lk.tts_started_time``: the moment text was first handed t
 so time-to-first-byte includes the time spent failing over), LiveKit's own background
 recovery for members we do not guard, and ``APIConnectionError`` when every member failed.
 
-Each member is used the way it works best, as LiveKit does: a member that streams gets one
+Each member is used the way LiveKit uses it: in ``stream()``, a member that streams gets one
 ``stream()`` for the whole utterance (a WebSocket TTS such as Cartesia or ElevenLabs keeps one
-connection and one context: no per-sentence request, no prosody break); a member that does
-not stream gets one ``synthesize()`` per sentence.
+connection and one context: no per-sentence request, no prosody break) and a member that does
+not stream gets one ``synthesize()`` per sentence (LiveKit's ``StreamAdapter`` does the same);
+``synthesize()`` asks the members' ``synthesize()``.
 
 On top of it: LiveKit gives up on an utterance once audio was pushed (the caller hears half an
 answer, then silence). Ours knows which sentences the caller heard whole - per sentence for
@@ -28,6 +29,8 @@ Where we differ from LiveKit, deliberately:
   ``capabilities.streaming`` is ``True`` (every member is streamed or fed sentence by
   sentence);
 * a failure after audio resumes on the next member instead of ending the utterance;
+* ``synthesize(text)`` asks a member for one sentence at a time (LiveKit: the whole text in
+  one request), so that the resume point is exact where no word timestamps come back;
 * guarded members are tried on every request and recover through their probers (see
   :mod:`plugins.fallback.cursor`); LiveKit's replay recovery runs for the others only.
 """
@@ -246,8 +249,11 @@ class _Voice:
         conn_options: APIConnectOptions,
         script: _Script,
         on_first_text: Callable[[], None],
+        *,
+        streamed: bool,
     ) -> None:
         self.adapter = adapter
+        self.streamed = streamed  # a streaming member gets one stream() for the utterance
         self.emitter = emitter
         self.conn = dataclasses.replace(conn_options, max_retry=adapter._max_retry_per_tts)
         self.script = script
@@ -267,7 +273,7 @@ class _Voice:
         for index in walk.order:
             self._take_started = False
             try:
-                if members[index].capabilities.streaming:
+                if self.streamed and members[index].capabilities.streaming:
                     await self._stream_on(index)
                 else:
                     await self._sentences_on(index)
@@ -433,7 +439,9 @@ class TTSFallbackChunkedStream(tts.FallbackChunkedStream):
             script.add(sentence)
         script.end()
         # the chunked stream's start time is its creation (LiveKit stamps every frame with it)
-        voice = _Voice(adapter, output_emitter, self._conn_options, script, lambda: None)
+        voice = _Voice(
+            adapter, output_emitter, self._conn_options, script, lambda: None, streamed=False
+        )
         members = adapter._tts_instances
         walk = adapter.chain.request(lambda i: self._try_recovery(members[i]))
         served = await voice.speak(walk)
@@ -479,7 +487,9 @@ class TTSFallbackSynthesizeStream(tts.FallbackSynthesizeStream):
 
         tasks = [asyncio.create_task(feed()), asyncio.create_task(split())]
         # TTFB counts from the first text handed to any member, failed ones included
-        voice = _Voice(adapter, output_emitter, self._conn_options, script, self._mark_started)
+        voice = _Voice(
+            adapter, output_emitter, self._conn_options, script, self._mark_started, streamed=True
+        )
         members = adapter._tts_instances
         walk = adapter.chain.request(lambda i: self._try_recovery(members[i]), defer_recovery=True)
         try:
