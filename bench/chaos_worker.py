@@ -82,7 +82,7 @@ async def chaos_call(ctx: JobContext) -> None:
         call_id=job_id,
         lead_sink=crm.lead_sink if crm else None,
     )
-    stop_load_report = JobLoadReporter(settings.data_dir, job_id).watch(runtime)
+    stop_load_report = JobLoadReporter(settings.data_dir, job_id).watch(runtime.switches)
     if crm is not None:
         crm.recorder.attach(session)
         runtime.on_switch(crm.on_switch)
