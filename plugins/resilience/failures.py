@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from livekit.agents import APIError
 
-from plugins.resilience.types import Failure, FailureKind
+from plugins.resilience.types import BreakerState, Failure, FailureKind
 
 
 class GuardError(APIError):
@@ -68,13 +68,14 @@ class ClassifiedError(APIError):
     on to the next provider whatever it says.
     """
 
-    def __init__(self, key: str, failure: Failure) -> None:
+    def __init__(self, key: str, failure: Failure, *, breaker: BreakerState | None = None) -> None:
         super().__init__(
             f"{key}: {failure.kind.value}: {failure.message}",
             retryable=failure.kind in _RETRYABLE,
         )
         self.key = key
         self.failure = failure
+        self.breaker = breaker  # the provider's breaker after this failure was recorded
 
 
 _RETRYABLE = frozenset(

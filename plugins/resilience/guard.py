@@ -164,8 +164,52 @@ class Guard:
             failure = self.classify(e, since)
             if adjust is not None:
                 failure = adjust(failure)
-            await self.record_failure(failure)
-            raise ClassifiedError(self.key, failure) from e
+            state = await self.record_failure(failure)
+            raise ClassifiedError(self.key, failure, breaker=state) from e
+
+    async def run(
+        self,
+        body: Callable[[], Awaitable[T]],
+        *,
+        delivered: Callable[[], bool],
+        adjust: Callable[[Failure], Failure] | None = None,
+    ) -> T:
+        """``body`` as one :meth:`attempt`, tried once more at once after a fast, transient failure.
+
+        A refused or reset connection, or a 502/503/504 before the first byte, usually clears
+        on the next request (a pod restarting, a balancer draining), and a second try on the
+        same provider costs less than a switch of voice or model. So it gets one immediate
+        retry, but only while nothing has reached the caller (``delivered()`` is false), only
+        while at most half the first-response deadline has gone, and only if recording the
+        failure left the breaker closed: the failure still counts, so a dead provider trips as
+        before. Rate limits, quota, key, request faults and timeouts are never retried here;
+        the chain falls back on them at once.
+        """
+        retried = False
+        while True:
+            started = time.perf_counter()
+            try:
+                async with self.attempt(adjust):
+                    return await body()
+            except ClassifiedError as e:
+                elapsed = time.perf_counter() - started
+                budget = self.deadline.first_s * RETRY_WITHIN_DEADLINE
+                if (
+                    retried
+                    or delivered()
+                    or not fast_transient(e.failure)
+                    or e.breaker is not BreakerState.CLOSED
+                    or elapsed >= budget
+                ):
+                    raise
+                retried = True
+                log.info(
+                    "provider failed fast; retrying it once before falling back",
+                    provider=self.key,
+                    kind=e.failure.kind.value,
+                    status=e.failure.status,
+                    elapsed_s=round(elapsed, 3),
+                )
 
     async def record_failure(self, failure: Failure) -> BreakerState:
         if failure.kind.counts_against_health:
@@ -228,6 +272,21 @@ class Guard:
                 event(observer)
             except Exception:
                 log.exception("guard observer failed", observer=type(observer).__name__)
+
+
+#: The share of the first-response deadline a failed attempt may have used and still be retried.
+RETRY_WITHIN_DEADLINE = 0.5
+
+#: Gateway statuses that mean "this request did not reach a working server", not "the provider
+#: refused it": worth one more try at once.
+_GATEWAY_STATUSES = frozenset({502, 503, 504})
+
+
+def fast_transient(failure: Failure) -> bool:
+    """Whether ``failure`` is one an immediate retry on the same provider may well clear."""
+    if failure.kind is FailureKind.CONNECTION_ERROR:
+        return True
+    return failure.kind is FailureKind.SERVER_ERROR and failure.status in _GATEWAY_STATUSES
 
 
 _CACHED_CLOSED = Admission(allowed=True, state=BreakerState.CLOSED, reason="cached")

@@ -136,7 +136,10 @@ class GuardedLLMStream(llm.LLMStream):
                 )
             return failure
 
-        async with guard.attempt(refused_prefill):
+        sent = 0  # chunks the caller has: after the first, a failure is not retried
+
+        async def once() -> float | None:
+            nonlocal sent
             started = time.perf_counter()
             first_deadline = guard.deadline.first_s
             stall = guard.deadline.stall_s
@@ -178,6 +181,7 @@ class GuardedLLMStream(llm.LLMStream):
                     if ttft is None and chunk.delta and _visible(chunk.delta):
                         ttft = last - started
                     self._event_ch.send_nowait(chunk)
+                    sent += 1
                 if ttft is None:
                     raise EmptyResultError(
                         f"{guard.key} returned no text (or only whitespace) and no tool call"
@@ -186,6 +190,9 @@ class GuardedLLMStream(llm.LLMStream):
                 await pump.aclose()
                 await inner.aclose()
                 guard.usage(UNIT_LLM, float(tokens))
+            return ttft
+
+        ttft = await guard.run(once, delivered=lambda: sent > 0, adjust=refused_prefill)
         guard.succeeded(ttft)
 
 

@@ -73,10 +73,11 @@ class GuardedSTT(GuardedPlugin, stt.STT[Never]):
         conn_options: APIConnectOptions,
     ) -> stt.SpeechEvent:
         guard = self.guard
-        async with guard.attempt():
-            frames = _frames(buffer)
-            audio_s = sum(f.duration for f in frames)
-            voiced = any(_rms(f) > VOICED_RMS for f in frames)
+        frames = _frames(buffer)
+        audio_s = sum(f.duration for f in frames)
+        voiced = any(_rms(f) > VOICED_RMS for f in frames)
+
+        async def once() -> tuple[stt.SpeechEvent, float]:
             limit = guard.deadline.first_s + audio_s * BATCH_SECONDS_PER_AUDIO_SECOND
             started = time.perf_counter()
             try:
@@ -100,7 +101,11 @@ class GuardedSTT(GuardedPlugin, stt.STT[Never]):
                     raise EmptyResultError(f"{guard.key} returned no transcript for speech")
             finally:
                 guard.usage(UNIT_STT, audio_s)
-        guard.succeeded(time.perf_counter() - started)
+            return event, time.perf_counter() - started
+
+        # a batch answer reaches the caller whole, so nothing was delivered before a failure
+        event, latency = await guard.run(once, delivered=lambda: False)
+        guard.succeeded(latency)
         return event
 
     def stream(

@@ -234,13 +234,16 @@ class GuardedChunkedStream(tts.ChunkedStream):
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         guard = self._guarded.guard
-        async with guard.attempt():
-            output_emitter.initialize(
-                request_id=utils.shortuuid(),
-                sample_rate=self._guarded.sample_rate,
-                num_channels=self._guarded.num_channels,
-                mime_type="audio/pcm",
-            )
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=self._guarded.sample_rate,
+            num_channels=self._guarded.num_channels,
+            mime_type="audio/pcm",
+        )
+        heard = False  # any audio from the plugin, even held back: a retry could repeat it
+
+        async def once() -> float | None:
+            nonlocal heard
             watch = _AudioWatch(guard)
             watch.armed_at = time.perf_counter()
             watch.input_done = True
@@ -254,11 +257,14 @@ class GuardedChunkedStream(tts.ChunkedStream):
                     raise EmptyResultError(f"{guard.key} returned no audible audio")
                 watch.check_length(spoken_chars(self.input_text))
             finally:
+                heard = heard or watch.first_audio is not None
                 await pump.aclose()
                 await inner.aclose()
                 if watch.first_audio is not None:  # a refused request (402, 429...) is not billed
                     guard.usage(UNIT_TTS, float(len(self.input_text)))
-        guard.succeeded(watch.latency)
+            return watch.latency
+
+        guard.succeeded(await guard.run(once, delivered=lambda: heard))
 
 
 class GuardedSynthesizeStream(tts.SynthesizeStream):
