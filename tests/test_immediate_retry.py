@@ -276,3 +276,36 @@ async def test_a_503_that_took_over_half_the_deadline_is_not_retried(
         await guard.run(lambda: gateway(0.0), delivered=lambda: False)
     assert calls == 2  # fast: retried once, then given up
     await guard.drain()
+
+
+# -- TTS stream (WebSocket) ----------------------------------------------------------------
+async def _stream(adapter: GuardedTTS, text: str) -> bytes:
+    audio = bytearray()
+    stream = adapter.stream()
+    stream.push_text(text)
+    stream.end_input()
+    try:
+        async for chunk in stream:
+            audio += bytes(chunk.frame.data.cast("b"))
+    finally:
+        await stream.aclose()
+    return bytes(audio)
+
+
+@pytest.mark.parametrize(("faults", "attempts"), [(1, 2), (2, 2)], ids=["one-503", "two-503s"])
+async def test_tts_stream_replays_its_text_on_the_retry(
+    tts_sim: CartesiaSimulator, store: DocumentStore, faults: int, attempts: int
+) -> None:
+    tts_sim.state.plan.once(Fault(FaultType.STATUS, status=503), times=faults)
+    observer = RecordingObserver()
+    guarded = _tts(tts_sim, store, observer)
+    if faults == 1:
+        assert len(await _stream(guarded, TEXT)) > 16000  # all of the text, spoken once
+    else:
+        with pytest.raises(ClassifiedError):
+            await _stream(guarded, TEXT)
+    await guarded.guard.drain()
+    handshakes = [a for a in tts_sim.state.log.items() if a.detail == "handshake"]
+    assert len(handshakes) == attempts
+    assert len(observer.failures) == faults
+    await guarded.aclose()

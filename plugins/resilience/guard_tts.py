@@ -281,31 +281,47 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         guard = self._guarded.guard
-        async with guard.attempt():
-            output_emitter.initialize(
-                request_id=utils.shortuuid(),
-                sample_rate=self._guarded.sample_rate,
-                num_channels=self._guarded.num_channels,
-                mime_type="audio/pcm",
-                stream=True,
-            )
-            output_emitter.start_segment(segment_id=utils.shortuuid())
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=self._guarded.sample_rate,
+            num_channels=self._guarded.num_channels,
+            mime_type="audio/pcm",
+            stream=True,
+        )
+        output_emitter.start_segment(segment_id=utils.shortuuid())
+        # what the caller's side pushed so far (None: a flush), so a retry says it all again
+        given: list[str | None] = []
+        ended = False
+        heard = False  # any audio from the plugin, even held back: a retry could repeat it
+
+        async def once() -> float | None:
+            nonlocal heard
             watch = _AudioWatch(guard)
             inner = self._guarded.inner.stream(conn_options=self._inner_conn_options)
             chars = 0
             spoken = 0
 
-            async def forward_input() -> None:
+            def push(data: str | None) -> None:
                 nonlocal chars, spoken
-                async for data in self._input_ch:
-                    if isinstance(data, str):
-                        chars += len(data)
-                        spoken += spoken_chars(data)
-                        inner.push_text(data)
-                    else:
-                        inner.flush()
-                        if chars and watch.armed_at is None:
-                            watch.armed_at = time.perf_counter()
+                if data is not None:
+                    chars += len(data)
+                    spoken += spoken_chars(data)
+                    inner.push_text(data)
+                else:
+                    inner.flush()
+                    if chars and watch.armed_at is None:
+                        watch.armed_at = time.perf_counter()
+
+            async def forward_input() -> None:
+                nonlocal ended
+                for data in given:
+                    push(data)
+                if not ended:
+                    async for item in self._input_ch:
+                        data = item if isinstance(item, str) else None
+                        given.append(data)
+                        push(data)
+                    ended = True
                 inner.end_input()
                 watch.input_done = True
                 if watch.armed_at is None and chars:
@@ -321,9 +337,12 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
                     raise EmptyResultError(f"{guard.key} returned no audible audio")
                 watch.check_length(spoken)
             finally:
+                heard = heard or watch.first_audio is not None
                 await utils.aio.cancel_and_wait(input_task)
                 await pump.aclose()
                 await inner.aclose()
                 if watch.first_audio is not None:  # a refused request (402, 429...) is not billed
                     guard.usage(UNIT_TTS, float(chars))
-        guard.succeeded(watch.latency)
+            return watch.latency
+
+        guard.succeeded(await guard.run(once, delivered=lambda: heard))
