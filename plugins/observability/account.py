@@ -80,3 +80,27 @@ def reset_time(value: object) -> float | None:
 def out_of_credit(spec: ProviderSpec, what: str) -> CreditReport:
     """The key works but there is nothing left to spend."""
     return CreditReport(spec.key, True, f"{spec.name}: {what}", remaining=0.0)
+
+
+async def key_check(
+    spec: ProviderSpec,
+    http: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    *,
+    rejected_statuses: tuple[int, ...] = (401, 403),
+    out_of_credit_as: str | None = None,
+) -> CreditReport:
+    """The check of a provider whose account API only says whether the key works.
+
+    One read-only GET: ``rejected_statuses`` mean the key was refused, 402 (when the provider
+    speaks it, ``out_of_credit_as`` names it) means nothing is left, 200 means the key is good.
+    """
+    status, _ = await get_json(http, url, headers)
+    if status in rejected_statuses:
+        return rejected(spec, status)
+    if status == 402 and out_of_credit_as is not None:
+        return out_of_credit(spec, out_of_credit_as)
+    if status != 200:
+        return unexpected(spec, status)
+    return CreditReport(spec.key, key_ok=True)

@@ -9,10 +9,7 @@ from livekit.agents import tts
 
 from plugins.observability.account import (
     CreditReport,
-    get_json,
-    out_of_credit,
-    rejected,
-    unexpected,
+    key_check,
 )
 from plugins.providers.definition import (
     BuildContext,
@@ -47,16 +44,13 @@ def _build(spec: ProviderSpec, ctx: BuildContext) -> tts.TTS[Any]:
 
 
 async def _credit(spec: ProviderSpec, http: aiohttp.ClientSession, key: str) -> CreditReport:
-    status, _ = await get_json(
-        http, f"{TTS.endpoint(spec)}/voices", {"X-API-Key": key, "Cartesia-Version": API_VERSION}
+    return await key_check(
+        spec,
+        http,
+        f"{TTS.endpoint(spec)}/voices",
+        {"X-API-Key": key, "Cartesia-Version": API_VERSION},
+        out_of_credit_as="out of credits",
     )
-    if status in (401, 403):
-        return rejected(spec, status)
-    if status == 402:
-        return out_of_credit(spec, "out of credits")
-    if status != 200:
-        return unexpected(spec, status)
-    return CreditReport(spec.key, key_ok=True)
 
 
 def _simulator(options: SimOptions) -> SimServer:

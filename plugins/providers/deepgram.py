@@ -9,10 +9,7 @@ from livekit.agents import stt
 
 from plugins.observability.account import (
     CreditReport,
-    get_json,
-    out_of_credit,
-    rejected,
-    unexpected,
+    key_check,
 )
 from plugins.providers.definition import (
     BuildContext,
@@ -45,14 +42,13 @@ def _build(spec: ProviderSpec, ctx: BuildContext) -> stt.STT[Any]:
 
 async def _credit(spec: ProviderSpec, http: aiohttp.ClientSession, key: str) -> CreditReport:
     root = STT.endpoint(spec).removesuffix("/listen")
-    status, _ = await get_json(http, f"{root}/projects", {"Authorization": f"Token {key}"})
-    if status in (401, 403):
-        return rejected(spec, status)
-    if status == 402:
-        return out_of_credit(spec, "out of credit")
-    if status != 200:
-        return unexpected(spec, status)
-    return CreditReport(spec.key, key_ok=True)
+    return await key_check(
+        spec,
+        http,
+        f"{root}/projects",
+        {"Authorization": f"Token {key}"},
+        out_of_credit_as="out of credit",
+    )
 
 
 def _simulator(options: SimOptions) -> SimServer:

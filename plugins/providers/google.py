@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from livekit.agents import llm, stt
 
-from plugins.observability.account import CreditReport, get_json, rejected, unexpected
+from plugins.observability.account import CreditReport, key_check
 from plugins.providers.definition import (
     BuildContext,
     Option,
@@ -185,12 +185,10 @@ def _build_llm(spec: ProviderSpec, ctx: BuildContext) -> llm.LLM[Any]:
 
 async def _credit(spec: ProviderSpec, http: aiohttp.ClientSession, key: str) -> CreditReport:
     url = f"{LLM.endpoint(spec)}/v1beta/models"
-    status, _ = await get_json(http, url, {"x-goog-api-key": key})
-    if status in (400, 401, 403):  # Gemini answers an invalid key with 400 API_KEY_INVALID
-        return rejected(spec, status)
-    if status != 200:
-        return unexpected(spec, status)
-    return CreditReport(spec.key, key_ok=True)
+    # Gemini answers an invalid key with 400 API_KEY_INVALID
+    return await key_check(
+        spec, http, url, {"x-goog-api-key": key}, rejected_statuses=(400, 401, 403)
+    )
 
 
 def _simulator(options: SimOptions) -> SimServer:
