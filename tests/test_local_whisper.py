@@ -45,7 +45,7 @@ async def test_local_stt_transcribes_phone_band_speech(phone_speech: np.ndarray)
     assert (stt.label, stt.provider, stt.model) == (
         "local-stt",
         "faster-whisper",
-        "whisper-tiny.en",
+        "tiny.en",
     )
 
 

@@ -137,12 +137,12 @@ def test_every_cloud_provider_has_a_simulator_and_simulate_points_it_there(
 
 def test_spec_lists_and_worker_imports_are_derived() -> None:
     assert CATALOG.default_order == {
-        "stt": ("deepgram", "google", "whisper", "free-stt"),
+        "stt": ("deepgram", "google", "whisper", "local-stt", "free-stt"),
         "llm": ("openrouter", "openai", "google", "free-llm"),
         "tts": ("cartesia", "local-tts", "elevenlabs", "free-tts"),
     }
     assert CATALOG.floors == {"stt": "free-stt", "llm": "free-llm", "tts": "free-tts"}
-    assert CATALOG.local_names == {"free-stt", "free-llm", "local-tts", "free-tts"}
+    assert CATALOG.local_names == {"local-stt", "free-stt", "free-llm", "local-tts", "free-tts"}
     for slot in SLOTS:
         assert CATALOG.floor(slot) == CATALOG.default_order[slot][-1]
     modules = CATALOG.plugin_modules()

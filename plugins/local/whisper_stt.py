@@ -244,7 +244,7 @@ class WhisperSTT(stt.STT[Never]):
 
     @property
     def model(self) -> str:
-        return f"whisper-{self._options.model}"
+        return self._options.model  # the LOCAL_STT_MODEL value, as its definition names it
 
     @property
     def options(self) -> WhisperOptions:
