@@ -23,6 +23,7 @@ import argparse
 import collections
 import contextlib
 import os
+import signal
 import socket
 import socketserver
 import sys
@@ -242,6 +243,10 @@ def _exit_with_parent(parent: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from plugins.local.whisper_stt import WhisperOptions
+
+    # The terminal's Ctrl-C reaches the whole process group; the worker decides when this
+    # service ends (its supervisor terminates it), so a console's Ctrl-C is not ours to act on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     parser = argparse.ArgumentParser(description="The worker's shared local speech service.")
     parser.add_argument("--socket", required=True)
