@@ -186,6 +186,9 @@ def test_bad_arguments_are_refused_clearly(
     assert simulate.run([], settings) == 2
     assert "--scenario" in capsys.readouterr().err
     assert simulate.run(["--scenario", "normal", "--speed", "50"], settings) == 2
+    capsys.readouterr()
+    assert simulate.run(["--scenario", "normal", "--turns", "9"], settings) == 2
+    assert "--turns must be between 1 and 5" in capsys.readouterr().err
 
 
 def test_scenarios_are_consistent_data() -> None:

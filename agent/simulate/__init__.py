@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -35,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="play the call this many times faster than real time (1-4; default 1)",
+    )
+    parser.add_argument(
+        "--turns",
+        type=int,
+        metavar="N",
+        help="play only the caller's first N lines (default: the scenario's whole call)",
     )
     return parser
 
@@ -74,6 +81,15 @@ def run(argv: list[str], settings: Settings) -> int:
     if not 1.0 <= args.speed <= 4.0:
         sys.stderr.write(f"simulate: --speed must be between 1 and 4, got {args.speed}\n")
         return 2
+
+    if args.turns is not None:
+        if not 1 <= args.turns <= len(scenario.caller):
+            sys.stderr.write(
+                f"simulate: --turns must be between 1 and {len(scenario.caller)} "
+                f"(the caller's lines in {scenario.name}), got {args.turns}\n"
+            )
+            return 2
+        scenario = dataclasses.replace(scenario, caller=scenario.caller[: args.turns])
 
     from agent.logs import install_handler
     from agent.simulate.runner import run_scenario
