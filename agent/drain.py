@@ -153,6 +153,7 @@ class DrainingServer(AgentServer):
         self._settings = settings
         self._journal_start: asyncio.Task[None] | None = None
         self._health_start: asyncio.Task[None] | None = None
+        self._register_deadline: asyncio.Task[None] | None = None
         self._credit: Any = None
         if journal is not None:
             self.on("worker_started", self._start_journal)
@@ -176,12 +177,37 @@ class DrainingServer(AgentServer):
                     "local speech service not ready; calls use the in-process floors until it is",
                     waited_s=SPEECH_READY_TIMEOUT_S,
                 )
+        if not unregistered and self._settings is not None:
+            self.on("worker_started", self._start_register_deadline)
         try:
             await super().run(devmode=devmode, unregistered=unregistered)
         except Exception as e:
             first_line = (str(e).strip().splitlines() or [""])[0]
             self.failure = f"{type(e).__name__}: {first_line}"
             log.error("worker stopped", reason=self.failure)
+
+    def _start_register_deadline(self) -> None:
+        assert self._settings is not None
+        self._register_deadline = asyncio.get_running_loop().create_task(
+            self._stop_unless_registered(self._settings.livekit_register_timeout),
+            name="livekit-register-deadline",
+        )
+
+    async def _stop_unless_registered(self, timeout_s: float) -> None:
+        """LiveKit retries an unreachable server for ever; an operator needs a crash they see."""
+        registered = asyncio.Event()
+        self.on("worker_registered", lambda *_: registered.set())
+        try:
+            await asyncio.wait_for(registered.wait(), timeout_s)
+        except TimeoutError:
+            url = self._settings.livekit_url if self._settings is not None else None
+            self.failure = (
+                f"not registered with LiveKit at {url} within {timeout_s:g} s: check that "
+                "LIVEKIT_URL is reachable from here and that LIVEKIT_API_KEY and "
+                "LIVEKIT_API_SECRET are right (LIVEKIT_REGISTER_TIMEOUT sets this limit)"
+            )
+            log.error("worker stopped", reason=self.failure)
+            await self.aclose()
 
     def _start_health(self) -> None:
         assert self.health is not None

@@ -127,6 +127,9 @@ class CoreSettings(BaseSettings):
     livekit_api_key: SecretStr | None = None
     livekit_api_secret: SecretStr | None = None
     agent_name: str = "never-silent-sales"
+    # a worker that cannot register with LiveKit this long after it starts stops with one line
+    # and exit 1 (a crash loop an operator sees) instead of retrying silently for ever
+    livekit_register_timeout: float = Field(default=30.0, gt=0, le=3600)
 
     # -- CRM and journal ----------------------------------------------------------------------
     ghl_api_key: SecretStr | None = None

@@ -7,6 +7,7 @@ exit code and the whole of what the user sees.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -341,6 +342,35 @@ async def test_a_failure_inside_run_is_kept_as_one_line_not_raised(tmp_path: Pat
     finally:
         await server.aclose()
     assert server.failure == "RuntimeError: failed to connect to livekit after 0 attempts"
+
+
+async def test_a_worker_that_cannot_register_stops_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LiveKit retries an unreachable server for ever (its backoff reaches minutes); the
+    register deadline turns that into the one line `python -m agent start` exits 1 with."""
+    from agent.drain import DrainingServer
+    from agent.settings import Settings
+
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    url = f"ws://127.0.0.1:{closed_port}"
+    settings = Settings(livekit_url=url, livekit_register_timeout=1.0, data_dir=tmp_path / "d")
+    server = DrainingServer(
+        settings=settings, ws_url=url, api_key=API_KEY, api_secret=API_SECRET, port=0
+    )
+    server.rtc_session(_no_call, agent_name="startup-test")
+    try:
+        await asyncio.wait_for(server.run(devmode=True), 30)
+    finally:
+        await server.aclose()
+    assert server.failure is not None
+    assert server.failure.startswith(f"not registered with LiveKit at {url} within 1 s"), (
+        server.failure
+    )
+    assert "LIVEKIT_REGISTER_TIMEOUT" in server.failure
 
 
 def test_livekits_own_url_option_counts_as_the_setting(tmp_path: Path) -> None:
