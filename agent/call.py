@@ -109,11 +109,13 @@ def deadline_settings(settings: Settings) -> dict[Slot, DeadlineSettings]:
 
     def ceiling(slot: Slot, ceiling_s: float, stall_s: float | None = None) -> DeadlineSettings:
         base = DEFAULT_DEADLINES[slot]
+        stall = base.stall_s if stall_s is None else stall_s
         return replace(
             base,
             floor_s=min(base.floor_s, ceiling_s),
             ceiling_s=ceiling_s,
-            stall_s=base.stall_s if stall_s is None else stall_s,
+            stall_s=stall,
+            stall_floor_s=min(base.stall_floor, stall),
         )
 
     return {

@@ -2,26 +2,45 @@
 
 A provider that sends interim results must keep sending them while the caller speaks; one that
 sends none is still listening while the caller talks, and owes its final once the caller
-pauses. A genuinely stalled stream is caught either way.
+pauses. A genuinely stalled stream is caught either way, within the provider's own learned
+rhythm once it is known.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from plugins.resilience.deadlines import AdaptiveDeadline, DeadlineSettings
 from plugins.resilience.stall import LISTEN_CEILING_FACTOR, StallWatch
 
 FRAME = 0.02
-STALL = 3.0
+STALL = 3.0  # the interim window's ceiling, and its value before the rhythm is known
+ENDPOINT = 1.5  # the endpoint window before the provider's finals were timed
 FIRST = 1.5
+SETTINGS = DeadlineSettings(
+    floor_s=0.5,
+    ceiling_s=FIRST,
+    stall_s=STALL,
+    stall_floor_s=0.6,
+    stall_factor=1.5,
+    stall_margin_s=0.2,
+    stall_min_samples=3,
+    endpoint_s=ENDPOINT,
+)
 
 
 class Line:
     """Feeds a watch 20 ms frames on a fake clock, as a phone line would in real time."""
 
-    def __init__(self, *, interims: bool) -> None:
+    def __init__(self, *, interims: bool, deadline: AdaptiveDeadline | None = None) -> None:
         self.now = 100.0
-        self.watch = StallWatch(first_s=FIRST, stall_s=STALL, expects_interims=interims)
+        self.deadline = deadline or AdaptiveDeadline(SETTINGS)  # the guard's: outlives a stream
+        self.watch = StallWatch(
+            first_s=FIRST,
+            interims=self.deadline.gaps,
+            endpoints=self.deadline.endpoints,
+            expects_interims=interims,
+        )
 
     def speak(self, seconds: float, *, voiced: bool = True) -> None:
         for _ in range(round(seconds / FRAME)):
@@ -73,10 +92,12 @@ def test_provider_without_interims_is_still_listening_through_a_long_turn() -> N
 
 
 def test_provider_without_interims_owes_its_final_once_the_caller_pauses() -> None:
+    """Issue 12's regression: a recogniser never heard from is caught 1.5 s after the pause
+    (it was 3 s), without waiting for a rhythm it has never shown."""
     line = Line(interims=False)
     line.speak(4.0)
     waited = line.run_until_overdue(5.0, voiced=False)
-    assert waited == pytest.approx(STALL, abs=0.05)
+    assert waited == pytest.approx(ENDPOINT, abs=0.05)
     verdict = line.watch.overdue(line.now)
     assert verdict is not None and verdict.stalled
     assert verdict.why == "no final after the caller paused"
@@ -128,8 +149,13 @@ def test_a_flush_over_silence_owes_nothing() -> None:
 
 
 def test_bad_deadlines_are_refused() -> None:
-    with pytest.raises(ValueError, match="deadlines must be > 0"):
-        StallWatch(first_s=0, stall_s=1, expects_interims=True)
+    rhythm = AdaptiveDeadline(SETTINGS)
+    with pytest.raises(ValueError, match="first-result deadline must be > 0"):
+        StallWatch(
+            first_s=0, interims=rhythm.gaps, endpoints=rhythm.endpoints, expects_interims=True
+        )
+    with pytest.raises(ValueError, match="stall floor"):
+        DeadlineSettings(floor_s=0.5, ceiling_s=1.0, stall_s=1.0, stall_floor_s=2.0)
 
 
 def test_time_our_own_process_lost_is_not_charged_to_the_provider() -> None:
@@ -145,3 +171,76 @@ def test_time_our_own_process_lost_is_not_charged_to_the_provider() -> None:
     waited = line.run_until_overdue(2.0, voiced=True)
     assert waited == pytest.approx(1.0, abs=0.05)  # the rest of its window still runs
     line.watch.excuse(-1.0)  # a tick early is no credit
+
+
+# -- the provider's own rhythm ----------------------------------------------------------------
+
+
+def _answer_turn(line: Line, *, speech_s: float, final_after_s: float) -> None:
+    """A turn the provider answers with its final ``final_after_s`` after the caller pauses."""
+    line.speak(speech_s)
+    line.pause(final_after_s)
+    line.watch.on_transcript(line.now, final=True)
+    line.pause(1.0)
+
+
+def test_finals_only_provider_is_then_judged_by_its_own_endpoint_rhythm() -> None:
+    """Finals 0.4 s after each pause: a stall is then caught within 0.8 s of the pause."""
+    line = Line(interims=False)
+    for _ in range(3):
+        _answer_turn(line, speech_s=2.0, final_after_s=0.4)
+    learned = 0.4 * SETTINGS.stall_factor + SETTINGS.stall_margin_s
+    assert line.watch.endpoint_s == pytest.approx(learned, abs=0.05)
+    line.speak(2.0)
+    waited = line.run_until_overdue(3.0, voiced=False)
+    assert waited == pytest.approx(learned, abs=0.05)
+    assert waited < 1.0
+
+
+def test_a_slow_but_steady_endpointer_is_never_failed_for_its_usual_pace() -> None:
+    """Finals 1.3 s after each pause, every time: its window grows to fit, up to the ceiling."""
+    line = Line(interims=False)
+    for _ in range(8):
+        _answer_turn(line, speech_s=1.5, final_after_s=1.3)  # Line.speak asserts no verdict
+    assert line.watch.endpoint_s == pytest.approx(1.3 * 1.5 + 0.2, abs=0.05)
+
+
+def test_the_rhythm_outlives_the_stream() -> None:
+    """A reconnected stream (a new StallWatch on the same guard) keeps what was learned."""
+    first = Line(interims=False)
+    for _ in range(3):
+        _answer_turn(first, speech_s=1.0, final_after_s=0.3)
+    again = Line(interims=False, deadline=first.deadline)
+    assert again.watch.endpoint_s == pytest.approx(0.3 * 1.5 + 0.2, abs=0.05)
+
+
+def test_an_interim_sender_is_judged_by_its_learned_interim_rhythm() -> None:
+    line = Line(interims=True)
+    for _ in range(6):  # an interim every second of speech
+        line.speak(1.0)
+        line.watch.on_transcript(line.now, final=False)
+    learned = 1.0 * SETTINGS.stall_factor + SETTINGS.stall_margin_s  # 1.7 s, not 3 s
+    assert line.watch.stall_s == pytest.approx(learned, abs=0.05)
+    waited = line.run_until_overdue(4.0, voiced=True)
+    assert waited == pytest.approx(learned, abs=0.06)
+
+
+def test_a_steady_interim_rhythm_slower_than_the_learned_window_is_not_a_stall() -> None:
+    """Interims every 2.5 s (a slow recogniser): never failed, its window is its ceiling."""
+    line = Line(interims=True)
+    for _ in range(8):
+        line.speak(2.5)
+        line.watch.on_transcript(line.now, final=False)
+    assert line.watch.stall_s == STALL
+
+
+def test_lost_time_is_not_learned_as_the_providers_rhythm() -> None:
+    line = Line(interims=False)
+    for _ in range(3):
+        line.speak(1.0)
+        line.pause(0.3)
+        line.now += 2.0  # our loop starved for 2 s: the final waited, unread
+        line.watch.excuse(2.0)
+        line.watch.on_transcript(line.now, final=True)
+        line.pause(0.5)
+    assert line.watch.endpoint_s < 1.0  # learned 0.3 s, not 2.3 s

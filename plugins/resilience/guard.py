@@ -343,6 +343,9 @@ class ProbeHook:
 
 _END = object()
 
+#: Lateness of a timer beyond which the time is our own process's, not the provider's.
+LAG_TOLERANCE_S = 0.1
+
 
 class Pump(Generic[T]):
     """Reads an async iterable in its own task so a deadline can abandon it cleanly.
@@ -366,14 +369,35 @@ class Pump(Generic[T]):
             return
         self._queue.put_nowait(_END)
 
-    async def next(self, timeout: float | None) -> T | None:
-        """The next item, ``None`` at the end; raises TimeoutError or the source's error."""
+    async def next(self, timeout: float | None, *, excuse_lag: bool = True) -> T | None:
+        """The next item, ``None`` at the end; raises TimeoutError or the source's error.
+
+        Time our own process did not run is not the source's: a wait that wakes more than
+        :data:`LAG_TOLERANCE_S` after its deadline (a starved event loop, a CPU-bound
+        neighbour) is extended by that lateness before it counts as a timeout, so a tight
+        stall deadline does not fail a provider whose chunk sat unread in our socket buffer.
+        ``excuse_lag=False`` for a caller that measures its own lateness.
+        """
         if timeout is not None and timeout <= 0:
             if self._queue.empty():
                 raise TimeoutError
             item = self._queue.get_nowait()
+        elif timeout is None:
+            item = await self._queue.get()
         else:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
+            deadline = time.perf_counter() + timeout
+            while True:
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), deadline - time.perf_counter())
+                    break
+                except TimeoutError:
+                    late = time.perf_counter() - deadline
+                    if not self._queue.empty():
+                        item = self._queue.get_nowait()
+                        break
+                    if not excuse_lag or late <= LAG_TOLERANCE_S:
+                        raise
+                    deadline = time.perf_counter() + late  # excused: owed that time back
         if item is _END:
             return None
         if isinstance(item, _Raised):

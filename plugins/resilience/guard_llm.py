@@ -142,7 +142,6 @@ class GuardedLLMStream(llm.LLMStream):
             nonlocal sent
             started = time.perf_counter()
             first_deadline = guard.deadline.first_s
-            stall = guard.deadline.stall_s
             inner = self._guarded.inner.chat(
                 chat_ctx=self.chat_ctx,
                 tools=self.tools,
@@ -158,6 +157,7 @@ class GuardedLLMStream(llm.LLMStream):
             try:
                 while True:
                     now = time.perf_counter()
+                    stall = guard.deadline.stall_s  # learns this stream's gaps as they come
                     timeout = (
                         (first_deadline - (now - started))
                         if ttft is None
@@ -175,7 +175,10 @@ class GuardedLLMStream(llm.LLMStream):
                         ) from None
                     if chunk is None:
                         break
-                    last = time.perf_counter()
+                    arrived = time.perf_counter()
+                    if ttft is not None:
+                        guard.deadline.observe_gap(arrived - last)
+                    last = arrived
                     if chunk.usage is not None:
                         tokens = max(tokens, chunk.usage.total_tokens)
                     if ttft is None and chunk.delta and _visible(chunk.delta):

@@ -21,15 +21,20 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGive
 from livekit.agents.utils import AudioBuffer, aio
 
 from plugins.resilience.failures import EmptyResultError
-from plugins.resilience.guard import UNIT_STT, Guard, GuardedPlugin, Pump, deadline_error
+from plugins.resilience.guard import (
+    LAG_TOLERANCE_S,
+    UNIT_STT,
+    Guard,
+    GuardedPlugin,
+    Pump,
+    deadline_error,
+)
 from plugins.resilience.stall import StallWatch
 
 #: RMS (int16) above which a frame counts as voiced; a line's hiss stays well below it.
 VOICED_RMS = 300.0
 #: How often a live stream's deadlines are checked while no event arrives.
 _TICK_S = 0.05
-#: Lateness of a check beyond which the time is our own process's, not the provider's.
-_LAG_TOLERANCE_S = 0.1
 _TICK: Any = object()
 #: Extra time a batch recognize may take per second of audio.
 BATCH_SECONDS_PER_AUDIO_SECOND = 0.25
@@ -194,7 +199,9 @@ class GuardedRecognizeStream(stt.RecognizeStream):
             inner.start_time_offset = self.start_time_offset
             watch = StallWatch(
                 first_s=guard.deadline.first_s,
-                stall_s=guard.deadline.stall_s,
+                # the provider's rhythm, learned by every stream of this guard
+                interims=guard.deadline.gaps,
+                endpoints=guard.deadline.endpoints,
                 # learned from the stream, not from ``capabilities.interim_results``: LiveKit's
                 # Google plugin declares interims but drops every one under its confidence
                 # threshold, and Google sets a confidence only on finals
@@ -231,12 +238,12 @@ class GuardedRecognizeStream(stt.RecognizeStream):
                 checked = time.perf_counter()
                 while True:
                     try:
-                        ev = await pump.next(_TICK_S)
+                        ev = await pump.next(_TICK_S, excuse_lag=False)
                     except TimeoutError:
                         ev = _TICK
                     now = time.perf_counter()
                     # a tick that came late is time our own process did not run
-                    watch.excuse(now - checked - _TICK_S - _LAG_TOLERANCE_S)
+                    watch.excuse(now - checked - _TICK_S - LAG_TOLERANCE_S)
                     checked = now
                     if ev is _TICK:
                         if (err := overdue()) is not None:
@@ -251,11 +258,14 @@ class GuardedRecognizeStream(stt.RecognizeStream):
                         watch.on_transcript(now, final=final)
                         if final:
                             guard.succeeded(None if anchor is None else now - anchor)
-                    elif ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT and watch.flushed:
-                        # an empty final for voiced audio: the provider heard nothing
-                        raise EmptyResultError(
-                            f"{guard.key} returned an empty transcript for speech"
-                        )
+                    elif ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT:
+                        if watch.flushed:
+                            # an empty final for voiced audio: the provider heard nothing
+                            raise EmptyResultError(
+                                f"{guard.key} returned an empty transcript for speech"
+                            )
+                        # no words in what it heard (a cough, a noise): an answer all the same
+                        watch.on_transcript(time.perf_counter(), final=True)
                     self._event_ch.send_nowait(ev)
                 if watch.flushed:
                     raise EmptyResultError(f"{guard.key} ended without a transcript for speech")

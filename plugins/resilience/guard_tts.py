@@ -114,13 +114,18 @@ class _AudioWatch:
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
         self.first_s = guard.deadline.first_s
-        self.stall_s = guard.deadline.stall_s
         self.armed_at: float | None = None  # when there was something to speak
         self.first_audio: float | None = None
         self.last_audio = 0.0
+        self.last_input = 0.0  # when text (or the end of it) was last given
         self.audible = False
         self.input_done = False
         self.speech = SpeechCheck()
+
+    @property
+    def stall_s(self) -> float:
+        """The provider's own stall deadline, learned from its gaps (this stream's too)."""
+        return self.guard.deadline.stall_s
 
     def timeout(self) -> float | None:
         now = time.perf_counter()
@@ -130,13 +135,22 @@ class _AudioWatch:
             return self.first_s - (now - self.armed_at)
         if not self.input_done:
             return None if self.armed_at is None else 0.25
-        return self.stall_s - (now - self.last_audio)
+        return self.stall_s - (now - self.quiet_since)
+
+    @property
+    def quiet_since(self) -> float:
+        """Where the current gap is measured from: the last audio, or text given after it."""
+        return max(self.last_audio, self.last_input)
+
+    def given(self) -> None:
+        """Text, a flush or the end of input was handed to the plugin just now."""
+        self.last_input = time.perf_counter()
 
     def expired(self) -> bool:
         now = time.perf_counter()
         if self.first_audio is None:
             return self.armed_at is not None and now - self.armed_at >= self.first_s
-        return self.input_done and now - self.last_audio >= self.stall_s
+        return self.input_done and now - self.quiet_since >= self.stall_s
 
     def error(self) -> Exception:
         now = time.perf_counter()
@@ -146,12 +160,16 @@ class _AudioWatch:
                 self.guard.key, stalled=False, waited_s=now - self.armed_at, limit_s=self.first_s
             )
         return deadline_error(
-            self.guard.key, stalled=True, waited_s=now - self.last_audio, limit_s=self.stall_s
+            self.guard.key, stalled=True, waited_s=now - self.quiet_since, limit_s=self.stall_s
         )
 
     def saw(self, frame: rtc.AudioFrame) -> None:
         """Account for one frame; raises :class:`ImplausibleAudioError` on a bad window."""
-        self.last_audio = time.perf_counter()
+        now = time.perf_counter()
+        if self.first_audio is not None and self.input_done:
+            # the gaps the stall deadline judges: once all the text was given
+            self.guard.deadline.observe_gap(now - self.quiet_since)
+        self.last_audio = now
         if self.first_audio is None:
             self.first_audio = self.last_audio
         if not self.audible and _peak(frame) > SILENCE_PEAK:
@@ -303,6 +321,7 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
 
             def push(data: str | None) -> None:
                 nonlocal chars, spoken
+                watch.given()
                 if data is not None:
                     chars += len(data)
                     spoken += spoken_chars(data)
@@ -324,6 +343,7 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
                     ended = True
                 inner.end_input()
                 watch.input_done = True
+                watch.given()
                 if watch.armed_at is None and chars:
                     watch.armed_at = time.perf_counter()
 
