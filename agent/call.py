@@ -7,6 +7,7 @@ alike, so a simulated call exercises exactly the production wiring.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,10 +44,11 @@ def open_health_store(settings: Settings) -> HealthStore:
     shared = open_store(settings.redis_url, settings.data_dir, config=config)
     store: HealthStore = FailOpenStore(shared, observers=(_STORE_METRICS,))
     if settings.provider_budgets_usd:
-        budgets = {
-            key: Budget("usd", 1.0, limit_usd=limit)
-            for key, limit in settings.provider_budgets_usd.items()
-        }
+        limits = dict(settings.provider_budgets_usd)
+        for spec in call_specs(settings):  # a pool's budget caps each of its members
+            if spec.member is not None and spec.provider_key in limits:
+                limits.setdefault(spec.key, limits[spec.provider_key])
+        budgets = {key: Budget("usd", 1.0, limit_usd=limit) for key, limit in limits.items()}
         store = BudgetedStore(store, budgets, period=settings.budget_period)
     return store
 
@@ -59,8 +61,10 @@ def call_specs(settings: Settings) -> list[ProviderSpec]:
         priced = []
         for spec in slot_specs:
             extra = dict(spec.extra)
-            if spec.key in settings.provider_prices_usd:
-                extra["price_per_unit_usd"] = str(settings.provider_prices_usd[spec.key])
+            prices = settings.provider_prices_usd
+            price = prices.get(spec.key, prices.get(spec.provider_key))
+            if price is not None:
+                extra["price_per_unit_usd"] = str(price)
             priced.append(_with_extra(spec, extra))
         if settings.prefer_cheapest:
             priced = cheapest_first(priced, _price)
@@ -69,9 +73,7 @@ def call_specs(settings: Settings) -> list[ProviderSpec]:
 
 
 def _with_extra(spec: ProviderSpec, extra: dict[str, str]) -> ProviderSpec:
-    return ProviderSpec(
-        spec.slot, spec.name, spec.base_url, spec.model, spec.voice, spec.api_key, extra
-    )
+    return dataclasses.replace(spec, extra=extra)
 
 
 def _price(spec: ProviderSpec) -> float:

@@ -14,6 +14,7 @@ exist once, in the definition.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     AnyHttpUrl,
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
@@ -31,10 +33,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from plugins.catalog import CATALOG, SLOTS
 from plugins.providers.definition import Option
+from plugins.providers.pool import PoolError, split_pool
 from plugins.spec import ProviderSpec, Slot
 
 ProviderList = Annotated[list[str], NoDecode]
 ProviderAmounts = Annotated[dict[str, float], NoDecode]
+EqualGroups = Annotated[list[tuple[str, tuple[str, ...]]], NoDecode]
 
 _SECRET_FIELDS = frozenset(
     {
@@ -46,6 +50,9 @@ _SECRET_FIELDS = frozenset(
     }
     | {o.field for o in CATALOG.options() if o.kind == "secret"}
 )
+
+#: Base URLs that may list several endpoints of one provider (a regional pool).
+_POOL_URLS = frozenset(p.base_url.env for p in CATALOG.providers.values() if p.base_url)
 
 
 def _split_providers(value: Any, slot: Slot) -> list[str]:
@@ -91,7 +98,10 @@ def _parse_amounts(value: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, amount in items:
         key = str(name).strip().lower()
-        slot, _, provider = key.partition(":")
+        slot, _, member = key.partition(":")
+        provider, hashed, index = member.partition("#")
+        if hashed and not index.isdigit():
+            raise ValueError(f"names {key!r}; a pool member is slot:provider#N, e.g. llm:openai#2")
         if slot not in SLOTS or CATALOG.get(slot, provider) is None:  # type: ignore[arg-type]
             raise ValueError(
                 f"names unknown provider {key!r}; write slot:provider, e.g. tts:cartesia"
@@ -154,6 +164,10 @@ class CoreSettings(BaseSettings):
     provider_prices_usd: ProviderAmounts = Field(default_factory=dict)
     budget_period: Literal["day", "month"] = "month"
     prefer_cheapest: bool = False
+    # providers of one slot that are equals, served closest first: llm:openrouter+openai
+    equal_providers: EqualGroups = Field(default_factory=list)
+    # traffic shares of the members of a pool: llm:openai#1=2,llm:openai#2=1 (default equal)
+    provider_weights: ProviderAmounts = Field(default_factory=dict)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     health_port: int = Field(default=8081, ge=0, le=65535)  # 0: any free port (tests)
     drain_timeout: int = Field(default=540, ge=0, le=7200)
@@ -200,6 +214,20 @@ class CoreSettings(BaseSettings):
     @classmethod
     def _amounts(cls, v: Any) -> dict[str, float]:
         return _parse_amounts(v)
+
+    @field_validator("provider_weights", mode="before")
+    @classmethod
+    def _weights(cls, v: Any) -> dict[str, float]:
+        weights = _parse_amounts(v)
+        for key, weight in weights.items():
+            if weight <= 0:
+                raise ValueError(f"weight for {key} must be above 0 (unlist a member instead)")
+        return weights
+
+    @field_validator("equal_providers", mode="before")
+    @classmethod
+    def _equals(cls, v: Any) -> list[tuple[str, tuple[str, ...]]]:
+        return _parse_equals(v)
 
     @field_validator("encryption_key", "encryption_key_previous")
     @classmethod
@@ -253,10 +281,59 @@ class CoreSettings(BaseSettings):
         return raw or None
 
     def provider_specs(self, slot: Slot) -> list[ProviderSpec]:
-        """The configured chain for one slot, in order. Keys may be missing: the chain builder
-        skips such providers with one log line."""
+        """The configured chain for one slot, in order, a key pool as one spec per member.
+        Keys may be missing: the chain builder skips such providers with one log line."""
         order = {"stt": self.stt_providers, "llm": self.llm_providers, "tts": self.tts_providers}
-        return [CATALOG.lookup(slot, name).spec(self.option) for name in order[slot]]
+        groups = {
+            name: "+".join(names)
+            for group_slot, names in self.equal_providers
+            if group_slot == slot
+            for name in names
+        }
+        specs: list[ProviderSpec] = []
+        for name in order[slot]:
+            members = CATALOG.lookup(slot, name).specs(self.option)
+            members = [
+                replace(m, weight=self.provider_weights[m.key])
+                if m.key in self.provider_weights
+                else m
+                for m in members
+            ]
+            if name in groups:
+                members = [replace(m, tier=groups[name], balance="closest") for m in members]
+            specs.extend(members)
+        return specs
+
+    def pool_problems(self) -> list[str]:
+        """One line per malformed key or endpoint pool (the variable named, never a key)."""
+        problems: list[str] = []
+        seen: set[str] = set()
+        for provider in CATALOG.providers.values():
+            try:
+                provider.specs(self.option)
+            except PoolError as e:
+                line = f"Invalid setting {e.env}: {e.problem}"
+                if line not in seen:
+                    seen.add(line)
+                    problems.append(line)
+        members = (
+            {s.key for slot in SLOTS for s in self.provider_specs(slot)} if not problems else set()
+        )
+        for key in self.provider_weights:
+            if members and key not in members:
+                problems.append(
+                    f"Invalid setting PROVIDER_WEIGHTS: {key} is not a configured provider; "
+                    "pool members are named slot:provider#N, e.g. llm:openai#2 (see `status`)"
+                )
+        for slot, names in self.equal_providers:
+            order = getattr(self, f"{slot}_providers")
+            where = [order.index(n) for n in names if n in order]
+            if len(where) == len(names) and max(where) - min(where) != len(names) - 1:
+                problems.append(
+                    f"Invalid setting EQUAL_PROVIDERS: {slot}:{'+'.join(names)} are not next to "
+                    f"each other in {slot.upper()}_PROVIDERS; equals must be neighbours"
+                )
+        return problems
 
     def with_options(self, values: Mapping[str, str | None]) -> Self:
         """A copy with provider settings replaced, by variable name (``None`` unsets one)."""
@@ -283,9 +360,64 @@ class CoreSettings(BaseSettings):
         return raw or None
 
 
+def _parse_equals(value: Any) -> list[tuple[str, tuple[str, ...]]]:
+    """``llm:openrouter+openai, tts:cartesia+elevenlabs`` -> [("llm", ("openrouter", "openai")), ...]."""
+    raw = value if isinstance(value, list) else str(value).split(",")
+    out: list[tuple[str, tuple[str, ...]]] = []
+    grouped: set[str] = set()
+    for part in raw:
+        if isinstance(part, tuple):
+            out.append(part)
+            continue
+        text = str(part).strip().lower()
+        if not text:
+            continue
+        slot, sep, rest = text.partition(":")
+        names = tuple(n.strip() for n in rest.split("+"))
+        if not sep or slot not in SLOTS or len(names) < 2 or not all(names):
+            raise ValueError(
+                f"entry {text!r} is not slot:provider+provider, e.g. llm:openrouter+openai"
+            )
+        for name in names:
+            if CATALOG.get(slot, name) is None:  # type: ignore[arg-type]
+                raise ValueError(f"entry {text!r} names unknown {slot} provider {name!r}")
+            if f"{slot}:{name}" in grouped:
+                raise ValueError(f"lists {slot}:{name} in two groups; give each provider one")
+            grouped.add(f"{slot}:{name}")
+        out.append((slot, names))
+    return out
+
+
+def _url_pool(env: str) -> Any:
+    """A base URL, or several comma-separated (a regional pool), each a valid http(s) URL."""
+
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = split_pool(str(value), env, what="URL")
+        except PoolError as e:
+            raise ValueError(e.problem) from None
+        urls = []
+        for n, part in enumerate(parts, 1):
+            try:
+                urls.append(str(AnyHttpUrl(part)).rstrip("/"))
+            except ValidationError:
+                where = f"entry {n} of {len(parts)} " if len(parts) > 1 else ""
+                raise ValueError(
+                    f"{where}is not a valid URL (got {part!r}); give a full URL such as "
+                    "https://host.example/path (several endpoints: comma-separated)"
+                ) from None
+        return ",".join(urls) or None
+
+    return BeforeValidator(check)
+
+
 def _typed(option: Option, value: str) -> Any:
     if option.kind == "secret":
         return SecretStr(value)
+    if option.kind == "url" and option.env in _POOL_URLS:
+        return value
     if option.kind == "url":
         return AnyHttpUrl(value)
     if option.kind == "file":
@@ -309,6 +441,8 @@ def _field(option: Option) -> tuple[Any, Any]:
     described = Field(default=option.default, description=option.help)
     if option.kind == "secret":
         return SecretStr | None, described
+    if option.kind == "url" and option.env in _POOL_URLS:
+        return Annotated[str | None, _url_pool(option.env)], described
     if option.kind == "url":
         return AnyHttpUrl | None, described
     if option.kind == "file":
@@ -362,6 +496,10 @@ def _describe(error: dict[str, Any]) -> str:
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate settings; raise :class:`SettingsError` with one line per problem."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as e:
         raise SettingsError("\n".join(_describe(dict(err)) for err in e.errors())) from None
+    problems = settings.pool_problems()
+    if problems:
+        raise SettingsError("\n".join(problems))
+    return settings

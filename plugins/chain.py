@@ -11,6 +11,7 @@ caller always hears an answer. A provider whose key is missing is skipped with o
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from livekit.agents import vad as lk_vad
 
 from plugins.catalog import CATALOG, definition_for
 from plugins.fallback import LLMFallbackAdapter, STTFallbackAdapter, TTSFallbackAdapter
+from plugins.fallback.balance import Balancer, BalanceSettings, HeadroomBoard, Mode
 from plugins.local.responder import Responder
 from plugins.providers.definition import BuildContext, Provider, ProviderUnusableError
 from plugins.resilience.breaker import key_fingerprint
@@ -60,10 +62,16 @@ class Chains:
     http_sessions: list[aiohttp.ClientSession] = field(default_factory=list)
     #: the unguarded floors: closed here (LiveKit's adapters do not close their members)
     floors: list[Member] = field(default_factory=list)
+    #: each member's rate-limit headroom and latency, as the balancers see them
+    board: HeadroomBoard | None = None
+    #: per slot, the balancer of its tiers of equals (None: LiveKit's fixed order)
+    balancers: dict[Slot, Balancer] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         for prober in self.probers.values():
             await prober.aclose()
+        if self.board is not None:
+            await self.board.drain()
         for guarded in self.guards.values():
             await guarded.guard.drain()
         await self.stt.aclose()
@@ -89,6 +97,7 @@ def build_chains(
     llm_attempt_timeout: float = 5.0,
     responder: Responder | None = None,
     hedge_requests: bool = False,
+    balance: BalanceSettings | None = None,
 ) -> Chains:
     """Build the STT, LLM and TTS chains in the order the specs give.
 
@@ -106,6 +115,9 @@ def build_chains(
     provider started in parallel, and the first to answer is kept.
     A spec's ``extra["prefill"] = "continue"`` says that provider continues a trailing
     assistant message (assistant prefill); others restart and are aligned with what was said.
+    Neighbouring specs with the same ``tier`` (the members of a key or endpoint pool, or
+    providers marked as equals) form one tier, balanced by :mod:`plugins.fallback.balance`
+    (``balance`` tunes it); tiers keep the order given.
     """
     observer_list = list(observers)
     limits = {**DEFAULT_DEADLINES, **(deadlines or {})}
@@ -120,6 +132,8 @@ def build_chains(
     probers: dict[str, Prober] = {}
     sessions: list[aiohttp.ClientSession] = []
     floors: list[Member] = []
+    board = HeadroomBoard(store, settings=balance)
+    placed: dict[Slot, list[ProviderSpec]] = {"stt": [], "llm": [], "tts": []}
 
     for slot in ("stt", "llm", "tts"):
         slot_specs = _ordered(slot, specs)
@@ -133,7 +147,7 @@ def build_chains(
                 skipped[spec.key] = reason
                 log.info("provider skipped", provider=spec.key, reason=reason)
                 continue
-            tap = ResponseTap()
+            tap = ResponseTap(signals=entry.rate_limits)
             ctx = BuildContext(tap=tap, responder=responder)
             if entry.uses_aiohttp and _loop_running():
                 session = aiohttp.ClientSession(
@@ -165,12 +179,14 @@ def build_chains(
                 chains[slot].append(plugin)  # the floor is never guarded off
                 floors.append(plugin)
                 order[slot].append(spec.key)
+                placed[slot].append(spec)
                 continue
+            tap.on_headroom.append(functools.partial(board.observe, spec.key))
             guard = Guard(
                 spec.key,
                 store,
                 deadline=AdaptiveDeadline(limits[slot]),
-                observers=observer_list,
+                observers=[*observer_list, board],
                 secrets=(spec.api_key,),
                 fingerprint=key_fingerprint(spec.api_key) if spec.api_key else None,
                 tap=tap,
@@ -186,14 +202,35 @@ def build_chains(
                 member = stt.StreamAdapter(stt=guarded, vad=vad)
             chains[slot].append(member)
             order[slot].append(spec.key)
+            placed[slot].append(spec)
 
     stt_chain = [c for c in chains["stt"] if isinstance(c, stt.STT)]
     llm_chain = [c for c in chains["llm"] if isinstance(c, llm.LLM)]
     tts_chain = [c for c in chains["tts"] if isinstance(c, tts.TTS)]
     log.info("chains built", **{slot: " > ".join(keys) for slot, keys in order.items()})
     prefill = {id(guards[s.key]) for s in specs if s.key in guards and _continues_prefill(s)}
+    tiers = {slot: tiers_of(placed[slot]) for slot in placed}
+    balancers = {
+        slot: Balancer(
+            [s.key for s in placed[slot]],
+            board=board,
+            weights=[s.weight for s in placed[slot]],
+            modes=[_mode(s) for s in placed[slot]],
+        )
+        for slot in placed
+        if len(set(tiers[slot])) < len(tiers[slot])
+    }
+    for slot in balancers:
+        log.info("tiers balanced", slot=slot, tiers=_describe_tiers(placed[slot], tiers[slot]))
     return Chains(
-        stt=STTFallbackAdapter(stt_chain, vad=vad, max_retry_per_stt=0, keys=order["stt"]),
+        stt=STTFallbackAdapter(
+            stt_chain,
+            vad=vad,
+            max_retry_per_stt=0,
+            keys=order["stt"],
+            tiers=tiers["stt"],
+            selector=balancers.get("stt"),
+        ),
         llm=LLMFallbackAdapter(
             llm_chain,
             attempt_timeout=llm_attempt_timeout,
@@ -201,15 +238,51 @@ def build_chains(
             prefill=lambda member: id(member) in prefill,
             hedge_after_s=_hedge_after if hedge_requests else None,
             keys=order["llm"],
+            tiers=tiers["llm"],
+            selector=balancers.get("llm"),
         ),
-        tts=TTSFallbackAdapter(tts_chain, max_retry_per_tts=0, keys=order["tts"]),
+        tts=TTSFallbackAdapter(
+            tts_chain,
+            max_retry_per_tts=0,
+            keys=order["tts"],
+            tiers=tiers["tts"],
+            selector=balancers.get("tts"),
+        ),
         order=order,
         skipped=skipped,
         guards=guards,
         probers=probers,
         http_sessions=sessions,
         floors=floors,
+        board=board,
+        balancers=balancers,
     )
+
+
+def tiers_of(specs: Sequence[ProviderSpec]) -> list[int]:
+    """Tier numbers in chain order: neighbours with the same ``tier`` share one."""
+    out: list[int] = []
+    for n, spec in enumerate(specs):
+        same = n > 0 and spec.tier is not None and specs[n - 1].tier == spec.tier
+        out.append(out[-1] if same else (out[-1] + 1 if out else 0))
+    return out
+
+
+def _mode(spec: ProviderSpec) -> Mode:
+    return "closest" if spec.balance == "closest" else "weighted"
+
+
+def _describe_tiers(specs: Sequence[ProviderSpec], tiers: Sequence[int]) -> str:
+    """``llm:openai#1=2 | llm:openai#2=1 (weighted) > free-llm``: no key, no secret."""
+    groups: list[str] = []
+    for tier in sorted(set(tiers)):
+        members = [s for s, t in zip(specs, tiers, strict=True) if t == tier]
+        if len(members) == 1:
+            groups.append(members[0].key)
+            continue
+        shares = " | ".join(f"{m.key}={m.weight:g}" for m in members)
+        groups.append(f"{shares} ({_mode(members[0])})")
+    return " > ".join(groups)
 
 
 def _continues_prefill(spec: ProviderSpec) -> bool:

@@ -86,7 +86,13 @@ class ChainObserver:
 
 
 class TierSelector(Protocol):
-    """Orders the members of one tier (equal members) for one request."""
+    """Orders the members of one tier (equal members) for one request.
+
+    ``order`` is asked once per request and may move the selector on (a weighted rotation);
+    a selector that also has ``peek(tier)`` is asked that instead when the cursor only wants
+    to know who would serve next (``model``/``provider``, switch events), so looking does not
+    spend a turn.
+    """
 
     def order(self, tier: Sequence[int]) -> Sequence[int]:
         """``tier``: member indices in chain order; returns them in the order to try."""
@@ -97,6 +103,9 @@ class InOrder:
     """LiveKit's order: members are tried as listed."""
 
     def order(self, tier: Sequence[int]) -> Sequence[int]:
+        return tier
+
+    def peek(self, tier: Sequence[int]) -> Sequence[int]:
         return tier
 
 
@@ -184,10 +193,12 @@ class ChainCursor(Generic[M]):
     def serving_key(self) -> str:
         return self.keys[self.serving()]
 
-    def order(self) -> list[int]:
+    def order(self, *, commit: bool = False) -> list[int]:
         """Member indices in the order a request tries them: tier by tier, each tier ordered
-        by the selector."""
+        by the selector (``commit``: for a request, which may move the selector on)."""
         base = self._order()
+        pick = self.selector.order if commit else getattr(self.selector, "peek", None)
+        pick = pick or self.selector.order
         out: list[int] = []
         seen: set[int] = set()
         for index in base:
@@ -195,7 +206,7 @@ class ChainCursor(Generic[M]):
                 continue
             tier = [i for i in base if self.tiers[i] == self.tiers[index]]
             seen.update(tier)
-            out.extend(self.selector.order(tier) if len(tier) > 1 else tier)
+            out.extend(pick(tier) if len(tier) > 1 else tier)
         return out
 
     def is_guarded(self, index: int) -> bool:
@@ -282,7 +293,7 @@ class Walk(Generic[M]):
         self._recover = recover
         self._defer = defer
         self._pending: list[int] = []
-        order = cursor.order()
+        order = cursor.order(commit=True)
         all_down = not any(cursor.status[i].available for i in order)
         if all_down:
             log.error(f"all {cursor.slot.upper()}s are unavailable, retrying..")

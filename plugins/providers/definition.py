@@ -19,7 +19,9 @@ from livekit.agents import llm, stt, tts
 
 from plugins.local.responder import Responder
 from plugins.observability.account import CreditReport
+from plugins.providers.pool import pool_specs
 from plugins.resilience.guard import UNIT_LLM, UNIT_STT, UNIT_TTS
+from plugins.resilience.headroom import RateLimitSignal
 from plugins.resilience.phrases import ErrorPhrases
 from plugins.resilience.response_tap import ResponseTap
 from plugins.sim.faults import SimState
@@ -134,6 +136,8 @@ class Provider:
     errors: ErrorPhrases = field(default_factory=ErrorPhrases)  # joined with the generic ones
     simulator: SimulatorHook | None = None
     plugin_modules: tuple[str, ...] = ()  # LiveKit plugins: must be imported on the main thread
+    #: the rate-limit headers its responses carry (headroom for the balancer), if any
+    rate_limits: tuple[RateLimitSignal, ...] = ()
 
     def __post_init__(self) -> None:
         if self.slot not in COST_UNITS:
@@ -177,8 +181,7 @@ class Provider:
     def spec(self, value: Callable[[Option], str | None]) -> ProviderSpec:
         """The spec these settings give; ``value`` reads one option (None when unset).
 
-        The one place a spec is made from settings: a key pool (several keys or base URLs for
-        one provider) would make several specs here.
+        The one place a spec is made from settings; :meth:`specs` splits a key pool of it.
         """
 
         def read(option: Option | None) -> str | None:
@@ -193,6 +196,16 @@ class Provider:
             voice=read(self.voice),
             api_key=read(self.api_key),
             extra=extra,
+        )
+
+    def specs(self, value: Callable[[Option], str | None]) -> list[ProviderSpec]:
+        """The members these settings give: one spec, or one per key or endpoint of a pool
+        (``OPENAI_API_KEY=sk-a,sk-b``). Raises :class:`~plugins.providers.pool.PoolError`
+        naming the variable when a pool setting is malformed."""
+        return pool_specs(
+            self.spec(value),
+            key_env=self.api_key.env if self.api_key and self.api_key.kind == "secret" else None,
+            url_env=self.base_url.env if self.base_url else None,
         )
 
     def has_key(self, spec: ProviderSpec) -> bool:

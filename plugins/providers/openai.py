@@ -27,6 +27,7 @@ from plugins.providers.definition import (
     extra_float,
 )
 from plugins.providers.shared import STT_LANGUAGE
+from plugins.resilience.headroom import RateLimitSignal
 from plugins.resilience.phrases import ErrorPhrases
 from plugins.spec import ProviderSpec
 
@@ -50,6 +51,25 @@ ERRORS = ErrorPhrases(
         "content_filter",
         "content_policy",
         "string_above_max_length",
+    ),
+)
+
+
+#: OpenAI's rate-limit headers, on every response: the reset is the time until the limit is
+#: full again ("1s", "6m0s"), refilling meanwhile (platform.openai.com/docs/guides/rate-limits).
+RATE_LIMITS = (
+    RateLimitSignal(
+        "requests",
+        limit="x-ratelimit-limit-requests",
+        remaining="x-ratelimit-remaining-requests",
+        reset="x-ratelimit-reset-requests",
+    ),
+    RateLimitSignal(
+        "tokens",
+        limit="x-ratelimit-limit-tokens",
+        remaining="x-ratelimit-remaining-tokens",
+        reset="x-ratelimit-reset-tokens",
+        per_request=False,
     ),
 )
 
@@ -147,6 +167,7 @@ LLM = Provider(
     errors=ERRORS,
     simulator=SIMULATOR,
     plugin_modules=("livekit.plugins.openai",),
+    rate_limits=RATE_LIMITS,
 )
 
 WHISPER = Provider(
@@ -166,6 +187,7 @@ WHISPER = Provider(
     errors=ERRORS,
     simulator=SIMULATOR,
     plugin_modules=("livekit.plugins.openai",),
+    rate_limits=RATE_LIMITS,
 )
 
 PROVIDERS = (WHISPER, LLM)

@@ -19,6 +19,7 @@ from plugins.providers.definition import (
 )
 from plugins.providers.openai import ERRORS as OPENAI_ERRORS
 from plugins.providers.openai import chat_kwargs, openai_client
+from plugins.resilience.headroom import RateLimitSignal
 from plugins.resilience.phrases import ErrorPhrases
 from plugins.spec import ProviderSpec
 
@@ -108,6 +109,16 @@ LLM = Provider(
     ),
     simulator=SimulatorHook("openrouter", _simulator),
     plugin_modules=("livekit.plugins.openai",),
+    # only its own 429 carries them (successes carry none): the reset is an epoch in ms
+    rate_limits=(
+        RateLimitSignal(
+            "requests",
+            limit="x-ratelimit-limit",
+            remaining="x-ratelimit-remaining",
+            reset="x-ratelimit-reset",
+            reset_kind="window",
+        ),
+    ),
 )
 
 PROVIDERS = (LLM,)

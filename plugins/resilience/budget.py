@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import structlog
 
 from plugins.resilience.breaker import Period, period_end
+from plugins.resilience.headroom import Headroom
 from plugins.resilience.store import period_id
 from plugins.resilience.types import (
     Admission,
@@ -128,6 +129,12 @@ class BudgetedStore:
         await self._inner.record_credit(
             key, remaining=remaining, limit=limit, unit=unit, reset_at=reset_at, now=now
         )
+
+    async def record_headroom(self, key: str, readings: list[Headroom]) -> None:
+        await self._inner.record_headroom(key, readings)
+
+    async def headroom(self, key: str) -> list[Headroom]:
+        return await self._inner.headroom(key)
 
     async def set_override(self, key: str, state: BreakerState | None) -> None:
         await self._inner.set_override(key, state)

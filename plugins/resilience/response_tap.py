@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 
+from plugins.resilience.headroom import Headroom, RateLimitSignal, read_headroom
+
 MAX_TAPPED_BODY = 2048
 #: The longest the tap waits for an error body's first bytes; the request is failing anyway.
 TAP_READ_S = 0.25
@@ -72,11 +74,34 @@ class ResponseTap:
     plugins raise ``APIStatusError(status_code=close_code)`` and drop the reason, yet the
     reason is all that tells ElevenLabs' 1008 "exceeds your quota" from its 1008 "Invalid
     API key" or a 1008 about a malformed message.
+
+    ``signals`` name the provider's rate-limit headers: every response that carries them
+    (a success as much as a 429) is read into :class:`~plugins.resilience.headroom.Headroom`
+    and handed to each of ``on_headroom`` (the balancer's board).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        signals: tuple[RateLimitSignal, ...] = (),
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
+        self._wall = wall_clock
         self._last: tuple[float, int, dict[str, str], str] | None = None
+        self.signals = signals
+        self.on_headroom: list[Callable[[list[Headroom]], None]] = []
+
+    def saw_headers(self, headers: Mapping[str, str]) -> None:
+        """Any response's headers: its rate-limit headroom, if the provider reports one."""
+        if not self.signals or not self.on_headroom:
+            return
+        readings = read_headroom(headers, self.signals, now=self._wall())
+        if readings:
+            for listener in list(self.on_headroom):
+                with contextlib.suppress(Exception):
+                    listener(readings)
 
     def record(self, status: int, headers: Mapping[str, str], body: str = "") -> None:
         if status >= 400:
@@ -110,6 +135,7 @@ class ResponseTap:
             params: aiohttp.TraceRequestEndParams,
         ) -> None:
             response = params.response
+            self.saw_headers(response.headers)
             body = ""
             if response.status >= 400:
                 with contextlib.suppress(Exception):
@@ -162,6 +188,7 @@ class ResponseTap:
 
         async def on_response(response: Any) -> None:
             status = int(getattr(response, "status_code", 0))
+            self.saw_headers(response.headers)
             if status < 400:
                 return
             body = ""

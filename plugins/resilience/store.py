@@ -32,6 +32,7 @@ from plugins.resilience.breaker import (
     Jitter,
     Period,
 )
+from plugins.resilience.headroom import Headroom
 from plugins.resilience.scrub import scrub
 from plugins.resilience.types import (
     Admission,
@@ -137,10 +138,13 @@ class ProviderDoc:
     latencies_ms: list[float] = field(default_factory=list)
     updated_at: float = 0.0
     credit: dict[str, float | str | None] | None = None  # last read of the account's credit
+    # the latest rate-limit readings the provider sent (Headroom.to_dict, one per dimension)
+    headroom: list[dict[str, Any]] = field(default_factory=list)
 
     def to_parts(self) -> Parts:
         stats = {
             "credit": self.credit,
+            "headroom": self.headroom,
             "requests": self.requests,
             "failures": self.failures,
             "last_failure": self.last_failure.value if self.last_failure else None,
@@ -162,6 +166,11 @@ class ProviderDoc:
             credit = data.get("credit")
             if credit is not None and not isinstance(credit, dict):
                 raise TypeError(f"credit is {type(credit).__name__}, not an object")
+            headroom = data.get("headroom") or []
+            if not isinstance(headroom, list):
+                raise TypeError(f"headroom is {type(headroom).__name__}, not a list")
+            for reading in headroom:
+                Headroom.from_dict(reading)  # a damaged reading resets the record, as any field
             return cls(
                 breaker=breaker,
                 requests=int(data.get("requests", 0)),
@@ -171,6 +180,7 @@ class ProviderDoc:
                 latencies_ms=[_finite(x) for x in data.get("lat", [])],
                 updated_at=_finite(data.get("updated_at", 0.0)),
                 credit=credit,
+                headroom=list(headroom),
             )
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise _corrupt(exc) from exc
@@ -386,6 +396,31 @@ class DocumentStore(abc.ABC):
 
         await self._update(key, change)
 
+    async def record_headroom(self, key: str, readings: list[Headroom]) -> None:
+        """The provider's latest rate-limit readings for ``key``, for every worker to see.
+
+        A reading older than the one stored (another worker's, sent later) is kept out, per
+        dimension, so the pool converges on the freshest figure whatever order writes land in.
+        """
+
+        def change(doc: ProviderDoc) -> None:
+            kept = {r["dimension"]: r for r in doc.headroom}
+            for reading in readings:
+                old = kept.get(reading.dimension)
+                if old is None or float(old["observed_at"]) <= reading.observed_at:
+                    kept[reading.dimension] = reading.to_dict()
+            doc.headroom = [kept[d] for d in sorted(kept)]
+
+        await self._update(key, change)
+
+    async def headroom(self, key: str) -> list[Headroom]:
+        """The stored rate-limit readings of ``key`` (none when it never reported any)."""
+        try:
+            doc = ProviderDoc.from_parts(await self._read(key))
+        except ValueError:
+            return []
+        return [Headroom.from_dict(r) for r in doc.headroom]
+
     async def set_override(self, key: str, state: BreakerState | None) -> None:
         self.breaker.set_override(BreakerRecord(), state)  # validate before touching the store
         await self._update(key, lambda d: self.breaker.set_override(d.breaker, state))
@@ -425,6 +460,7 @@ class DocumentStore(abc.ABC):
             usage=current,
             updated_at=doc.updated_at,
             credit=doc.credit,
+            headroom=[Headroom.from_dict(r) for r in doc.headroom],
         )
 
 

@@ -29,6 +29,7 @@ from typing import Protocol, TypeVar
 
 import structlog
 
+from plugins.resilience.headroom import Headroom
 from plugins.resilience.store import DocumentStore
 from plugins.resilience.store_memory import MemoryHealthStore
 from plugins.resilience.types import Admission, BreakerState, Failure, ProviderHealth
@@ -219,6 +220,15 @@ class FailOpenStore:
             )
 
         await self._call(write(self.shared), write(self.local))
+
+    async def record_headroom(self, key: str, readings: list[Headroom]) -> None:
+        await self._call(
+            lambda: self.shared.record_headroom(key, readings),
+            lambda: self.local.record_headroom(key, readings),
+        )
+
+    async def headroom(self, key: str) -> list[Headroom]:
+        return await self._call(lambda: self.shared.headroom(key), lambda: self.local.headroom(key))
 
     async def health(self, key: str) -> ProviderHealth:
         return await self._call(lambda: self.shared.health(key), lambda: self.local.health(key))

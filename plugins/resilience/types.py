@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from plugins.resilience.headroom import Headroom
 
 
 class FailureKind(enum.StrEnum):
@@ -82,6 +85,8 @@ class ProviderHealth:
     updated_at: float = 0.0
     # last read of the provider's account credit: remaining, limit, unit, reset_at, checked_at
     credit: dict[str, float | str | None] | None = None
+    # the provider's last rate-limit readings (requests, tokens...), shared by the pool
+    headroom: list[Headroom] = field(default_factory=list)
 
     @property
     def success_rate(self) -> float | None:
@@ -127,6 +132,14 @@ class HealthStore(Protocol):
         now: float | None = None,
     ) -> None:
         """What the provider's account API last said about remaining credit."""
+        ...
+
+    async def record_headroom(self, key: str, readings: list[Headroom]) -> None:
+        """The provider's latest rate-limit readings (the freshest per dimension is kept)."""
+        ...
+
+    async def headroom(self, key: str) -> list[Headroom]:
+        """The stored rate-limit readings, for a balancer in any worker of the pool."""
         ...
 
     async def register(self, key: str, fingerprint: str) -> BreakerState:

@@ -72,6 +72,9 @@ class Attempt:
     route: str
     fault: str | None
     detail: str = ""
+    status: int = 0  # the status answered, where the simulator records it (0: not recorded)
+    key: str = ""  # which of the simulator's keys it came on ("key1", ...), never the key
+    client_id: str = ""  # the client's own request id (X-Client-Request-Id), if it sent one
 
 
 class AttemptLog:
@@ -81,10 +84,27 @@ class AttemptLog:
         self._items: list[Attempt] = []
         self._lock = threading.Lock()
 
-    def record(self, route: str, fault: Fault | None, detail: str = "") -> None:
+    def record(
+        self,
+        route: str,
+        fault: Fault | None,
+        detail: str = "",
+        *,
+        status: int = 0,
+        key: str = "",
+        client_id: str = "",
+    ) -> None:
         with self._lock:
             self._items.append(
-                Attempt(time.time(), route, fault.type.value if fault else None, detail)
+                Attempt(
+                    time.time(),
+                    route,
+                    fault.type.value if fault else None,
+                    detail,
+                    status=status,
+                    key=key,
+                    client_id=client_id,
+                )
             )
 
     def items(self) -> list[Attempt]:

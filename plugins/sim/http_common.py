@@ -118,8 +118,24 @@ class HttpSimulator:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), timeout=seconds)
 
-    def record(self, request: web.Request, fault: Fault | None, detail: str = "") -> None:
-        self.state.log.record(f"{request.method} {request.path}", fault, detail)
+    def record(
+        self,
+        request: web.Request,
+        fault: Fault | None,
+        detail: str = "",
+        *,
+        status: int = 0,
+        key: str = "",
+        client_id: str = "",
+    ) -> None:
+        self.state.log.record(
+            f"{request.method} {request.path}",
+            fault,
+            detail,
+            status=status,
+            key=key,
+            client_id=client_id,
+        )
 
     @staticmethod
     def reset(request: web.Request) -> None:

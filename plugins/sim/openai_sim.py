@@ -45,6 +45,7 @@ from plugins.sim.llm_script import (
     split_deltas,
     split_json,
 )
+from plugins.sim.rate_limit import KeyRateLimiter, LimitDecision
 from plugins.sim.tts_audio import Pcm, encode_mp3, speak, split
 
 log = structlog.get_logger(__name__)
@@ -274,6 +275,10 @@ class OpenAISimulator(HttpSimulator):
 
     ``api_key``: the only key accepted (None: any non-empty key but :data:`REJECTED_KEY`).
     ``token_interval_s``: pause between streamed chunks (0 for tests; a few ms sounds real).
+    ``rate_limit``: each key's own request and token limits on chat completions
+    (:class:`~plugins.sim.rate_limit.KeyRateLimiter`), reported on every answer in OpenAI's
+    ``x-ratelimit-*`` headers (OpenRouter: only on its own 429, ``X-RateLimit-*`` with the
+    reset in epoch ms, as it does); over the limit, a 429 with ``retry-after``.
     """
 
     def __init__(
@@ -284,8 +289,11 @@ class OpenAISimulator(HttpSimulator):
         api_key: str | None = None,
         reply: ReplyFn | None = None,
         token_interval_s: float = 0.0,
+        rate_limit: KeyRateLimiter | None = None,
     ) -> None:
         super().__init__(state)
+        self.rate_limit = rate_limit
+        self._key_ids: dict[str, str] = {}
         if flavor not in ("openai", "openrouter"):
             raise ValueError(f"flavor must be 'openai' or 'openrouter', got {flavor!r}")
         self.flavor: Flavor = flavor
@@ -473,11 +481,58 @@ class OpenAISimulator(HttpSimulator):
             }
         )
 
+    # -- rate limits ---------------------------------------------------------------------
+    def key_id(self, request: web.Request) -> str:
+        """``key1``, ``key2``...: which key a request came on, in order first seen."""
+        header = request.headers.get("Authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        return self._key_ids.setdefault(key, f"key{len(self._key_ids) + 1}")
+
+    def _limit_headers(self, decision: LimitDecision | None) -> dict[str, str]:
+        """What a successful answer says of the key's limits (OpenRouter: nothing)."""
+        if decision is None or self.flavor != "openai":
+            return {}
+        return decision.headers
+
+    def _rate_limited(self, decision: LimitDecision, model: str) -> web.Response:
+        wait = max(decision.retry_after_s, 0.001)
+        headers = {
+            "x-request-id": f"req_{uuid.uuid4().hex}",
+            "retry-after": str(max(1, math.ceil(wait))),
+        }
+        if self.flavor == "openai":
+            headers["retry-after-ms"] = f"{wait * 1000:.0f}"
+            headers.update(decision.headers)
+            unit = "RPM" if decision.dimension == "requests" else "TPM"
+            assert self.rate_limit is not None
+            limit = getattr(self.rate_limit, decision.dimension)
+            body: Any = _openai_error(
+                f"Rate limit reached for {model} in organization org-sim on "
+                f"{decision.dimension} per min ({unit}): Limit {limit}, Used {limit}, "
+                f"Requested 1. Please try again in {wait:.3g}s. Visit "
+                "https://platform.openai.com/account/rate-limits to learn more.",
+                decision.dimension,
+                "rate_limit_exceeded",
+            )
+        else:
+            limit = decision.headers.get(f"x-ratelimit-limit-{decision.dimension}", "0")
+            headers.update(
+                {
+                    "X-RateLimit-Limit": limit,
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": str(int((time.time() + wait) * 1000)),
+                }
+            )
+            body = openrouter_error_body(429, model=model)
+        return web.json_response(body, status=429, headers=headers)
+
     # -- POST /chat/completions ----------------------------------------------------------
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        key_id = self.key_id(request)
+        client_id = request.headers.get("X-Client-Request-Id", "")
         refusal = self._auth_refusal(request)
         if refusal is not None:
-            self.record(request, None, f"refused {refusal.status}")
+            self.record(request, None, f"refused {refusal.status}", status=refusal.status)
             return refusal
         body = await self._json_body(request)
         if body is None:
@@ -500,8 +555,29 @@ class OpenAISimulator(HttpSimulator):
         completion_tokens = estimate_tokens(turn.text) + sum(
             estimate_tokens(c.arguments_json) + 2 for c in turn.tool_calls
         )
+        limits: LimitDecision | None = None
+        if self.rate_limit is not None:
+            limits = self.rate_limit.take(key_id, prompt_tokens + completion_tokens)
+            if not limits.allowed:
+                self.record(
+                    request,
+                    None,
+                    f"{model} rate limited ({limits.dimension})",
+                    status=429,
+                    key=key_id,
+                    client_id=client_id,
+                )
+                return self._rate_limited(limits, model)
         fault = self.state.plan.take(prompt_tokens + completion_tokens)
-        self.record(request, fault, f"{model} {prompt_tokens}+{completion_tokens} tokens")
+        refused = fault is not None and fault.type in REFUSALS
+        self.record(
+            request,
+            fault,
+            f"{model} {prompt_tokens}+{completion_tokens} tokens",
+            status=(fault.status or 500) if refused and fault is not None else 200,
+            key=key_id,
+            client_id=client_id,
+        )
         if fault is not None and fault.type in REFUSALS:
             return await self._refuse(request, fault, model)
         if fault is not None and fault.type in (FaultType.EMPTY, FaultType.SILENT):
@@ -519,17 +595,25 @@ class OpenAISimulator(HttpSimulator):
         if body.get("stream"):
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            return await self._stream_chat(request, fault, chat, include_usage)
-        return await self._whole_chat(request, fault, chat)
+            return await self._stream_chat(
+                request, fault, chat, include_usage, self._limit_headers(limits)
+            )
+        return await self._whole_chat(request, fault, chat, self._limit_headers(limits))
 
     async def _stream_chat(
-        self, request: web.Request, fault: Fault | None, chat: _Chat, include_usage: bool
+        self,
+        request: web.Request,
+        fault: Fault | None,
+        chat: _Chat,
+        include_usage: bool,
+        headers: Mapping[str, str],
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache",
                 "x-request-id": f"req_{uuid.uuid4().hex}",
+                **headers,
             }
         )
         await resp.prepare(request)
@@ -576,7 +660,7 @@ class OpenAISimulator(HttpSimulator):
         return resp
 
     async def _whole_chat(
-        self, request: web.Request, fault: Fault | None, chat: _Chat
+        self, request: web.Request, fault: Fault | None, chat: _Chat, headers: Mapping[str, str]
     ) -> web.StreamResponse:
         text = json.dumps(chat.completion()).encode()
         return await self._send_body(
@@ -585,6 +669,7 @@ class OpenAISimulator(HttpSimulator):
             text,
             "application/json",
             in_band=lambda f: json.dumps(self._in_band_error(f, chat.id, chat.model)).encode(),
+            headers=headers,
         )
 
     async def _send_body(
@@ -594,18 +679,20 @@ class OpenAISimulator(HttpSimulator):
         body: bytes,
         content_type: str,
         in_band: Callable[[Fault], bytes],
+        headers: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
         """A non-streamed answer, with a stream fault acted out on its bytes."""
         kind = fault.type if fault is not None else None
+        extra = dict(headers or {})
         if kind is FaultType.SLOW_FIRST and fault is not None:
             await self.park(fault.delay_s)
         if kind is FaultType.IN_BAND_ERROR and fault is not None:
-            return web.Response(body=in_band(fault), content_type="application/json")
+            return web.Response(body=in_band(fault), content_type="application/json", headers=extra)
         if kind is FaultType.MALFORMED:
             body = body[: max(1, len(body) // 2)]
         if kind not in (FaultType.CUT, FaultType.STALL):
-            return web.Response(body=body, content_type=content_type)
-        resp = web.StreamResponse(headers={"Content-Type": content_type})
+            return web.Response(body=body, content_type=content_type, headers=extra)
+        resp = web.StreamResponse(headers={"Content-Type": content_type, **extra})
         resp.content_length = len(body)
         await resp.prepare(request)
         await resp.write(body[: len(body) // 2])
