@@ -26,6 +26,7 @@ from plugins.catalog import CATALOG, definition_for
 from plugins.fallback import LLMFallbackAdapter, STTFallbackAdapter, TTSFallbackAdapter
 from plugins.fallback.balance import Balancer, BalanceSettings, HeadroomBoard, Mode
 from plugins.local.responder import Responder
+from plugins.local.speculative_stt import SpeculativeStreamAdapter
 from plugins.providers.definition import BuildContext, Provider, ProviderUnusableError
 from plugins.resilience.breaker import key_fingerprint
 from plugins.resilience.deadlines import DEFAULT_DEADLINES, AdaptiveDeadline, DeadlineSettings
@@ -199,7 +200,13 @@ def build_chains(
             member: stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any] = guarded
             if isinstance(guarded, GuardedSTT) and not streaming:
                 assert vad is not None
-                member = stt.StreamAdapter(stt=guarded, vad=vad)
+                # a local recogniser is free to ask twice, so it recognises during the VAD's
+                # silence window; a paid one is asked once per utterance, as LiveKit does
+                member = (
+                    SpeculativeStreamAdapter(stt=guarded, vad=vad)
+                    if entry.local
+                    else stt.StreamAdapter(stt=guarded, vad=vad)
+                )
             chains[slot].append(member)
             order[slot].append(spec.key)
             placed[slot].append(spec)
