@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from agent.health_logger import HealthLogger
+from agent.local_speech import with_domain_vocabulary
 from agent.responder.lead import LeadSink
 from agent.responder.sales_responder import SalesResponder
 from agent.responder.sales_script import SalesScript
@@ -54,7 +55,8 @@ def open_health_store(settings: Settings) -> HealthStore:
 
 
 def call_specs(settings: Settings) -> list[ProviderSpec]:
-    """Every slot's specs in order, with price overrides and (optionally) cheapest-first."""
+    """Every slot's specs in order, with price overrides, local-stt's domain vocabulary and
+    (optionally) cheapest-first."""
     specs: list[ProviderSpec] = []
     for slot in ("stt", "llm", "tts"):
         slot_specs = settings.provider_specs(slot)  # type: ignore[arg-type]
@@ -65,7 +67,7 @@ def call_specs(settings: Settings) -> list[ProviderSpec]:
             price = prices.get(spec.key, prices.get(spec.provider_key))
             if price is not None:
                 extra["price_per_unit_usd"] = str(price)
-            priced.append(_with_extra(spec, extra))
+            priced.append(with_domain_vocabulary(_with_extra(spec, extra)))
         if settings.prefer_cheapest:
             priced = cheapest_first(priced, _price)
         specs.extend(priced)

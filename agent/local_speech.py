@@ -7,11 +7,33 @@ settings give.
 
 from __future__ import annotations
 
+import dataclasses
+
+from agent.responder.sales_script import DEFAULT_AGENT_NAME
+from agent.sales_agent import COMPANY
 from agent.settings import Settings
 from plugins.catalog import CATALOG
 from plugins.local.speech_supervisor import SpeechServiceSupervisor, socket_path_for
 from plugins.local.whisper_stt import WhisperOptions
 from plugins.providers.local import LOCAL_STT
+from plugins.spec import ProviderSpec
+
+#: What our callers talk about, for local-stt's vocabulary prompt (``LOCAL_STT_PROMPT`` unset):
+#: the agent's company and name, the topics its FAQ answers (agent/responder/faq.toml) and the
+#: lead details it asks for. Whisper reads it as the conversation so far, so these words win
+#: close calls on a noisy phone line; it names topics, not sentences a caller must say.
+DOMAIN_PROMPT = (
+    f"A sales call with {DEFAULT_AGENT_NAME} from {COMPANY}. The caller asks about pricing, "
+    "plans, the free trial, a demo, integrations with their CRM and calendar, contracts and "
+    "opening hours, and gives their name, phone number, email address and a time for a call back."
+)
+
+
+def with_domain_vocabulary(spec: ProviderSpec) -> ProviderSpec:
+    """local-stt's spec with the domain prompt unless the settings give one (or 'off')."""
+    if spec.name != LOCAL_STT.name or spec.extra.get("prompt"):
+        return spec
+    return dataclasses.replace(spec, extra={**spec.extra, "prompt": DOMAIN_PROMPT})
 
 
 def providers_in_chains(settings: Settings) -> set[str]:
@@ -21,12 +43,12 @@ def providers_in_chains(settings: Settings) -> set[str]:
 
 
 def whisper_options(settings: Settings) -> WhisperOptions:
-    """local-stt's options as the settings give them (LOCAL_STT_MODEL, _BEAM_SIZE, _THREADS)."""
+    """local-stt's options as the settings give them (LOCAL_STT_MODEL, _BEAM_SIZE, _THREADS,
+    _PROMPT, which defaults to :data:`DOMAIN_PROMPT`)."""
     from plugins.local.whisper_stt import options_from
 
-    extra = {name: settings.option(option) or "" for name, option in LOCAL_STT.options.items()}
-    assert LOCAL_STT.model is not None
-    return options_from(extra, settings.option(LOCAL_STT.model))
+    spec = with_domain_vocabulary(LOCAL_STT.spec(settings.option))
+    return options_from(spec.extra, spec.model)
 
 
 def speech_service_for(settings: Settings) -> SpeechServiceSupervisor | None:

@@ -97,6 +97,7 @@ async def open_recogniser(settings: Settings, provider: str | None) -> Recognise
     from livekit.plugins import silero
 
     from agent.call import call_specs, deadline_settings, open_health_store
+    from agent.local_speech import with_domain_vocabulary
     from plugins.catalog import CATALOG, definition_for
     from plugins.chain import build_chains
     from plugins.local.prewarm import prewarm_local_providers
@@ -119,7 +120,7 @@ async def open_recogniser(settings: Settings, provider: str | None) -> Recognise
     )
     key = f"stt:{name}"
     # a call's process has its local model loaded before the call (prewarm): so does this one
-    spec = only.provider_specs("stt")[0]
+    spec = with_domain_vocabulary(only.provider_specs("stt")[0])
     await asyncio.to_thread(
         prewarm_local_providers, [name], whisper=options_from(spec.extra, spec.model)
     )

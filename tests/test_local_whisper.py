@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from agent.local_speech import whisper_options
+from agent.call import call_specs
+from agent.local_speech import DOMAIN_PROMPT, whisper_options
 from agent.settings import load_settings
 from bench.stt_accuracy import normalize_words, word_error_rate
 from plugins.catalog import CATALOG
@@ -21,6 +22,7 @@ from plugins.local.audio import (
     rms_dbfs,
 )
 from plugins.local.hibari_tts import HibariEngine
+from plugins.local.speech_supervisor import SpeechServiceSupervisor
 from plugins.local.sphinx_stt import SphinxEngine
 from plugins.local.whisper_stt import WhisperOptions, WhisperSTT, options_from
 from plugins.providers.definition import BuildContext, ProviderUnusableError
@@ -90,6 +92,7 @@ def test_telephone_channel_is_narrowband() -> None:
         ({"threads": 0}, "threads must be 1..16"),
         ({"model": "enormous"}, "neither a faster-whisper size"),
         ({"compute_type": "float64"}, "compute type must be one of"),
+        ({"prompt": "pricing " * 100}, "keep it under 600"),
     ],
 )
 def test_whisper_options_are_validated(kwargs: dict[str, object], message: str) -> None:
@@ -107,10 +110,23 @@ def test_settings_validate_local_stt_and_place_it_before_the_floor() -> None:
     )
     assert CATALOG.known("stt")[-2:] == ("local-stt", "free-stt")
     settings = load_settings().with_options({"LOCAL_STT_BEAM_SIZE": "3", "LOCAL_STT_THREADS": "1"})
-    assert whisper_options(settings) == WhisperOptions(beam_size=3, threads=1)
+    assert whisper_options(settings) == WhisperOptions(beam_size=3, threads=1, prompt=DOMAIN_PROMPT)
     assert local_stt.local and not local_stt.floor
     with pytest.raises(ValueError, match="not a whole number"):
         options_from({"beam_size": "wide"}, None)
+
+
+def test_the_application_gives_local_stt_its_vocabulary_and_the_operator_can_override_it() -> None:
+    settings = load_settings(stt_providers=["local-stt"])
+    [spec] = [s for s in call_specs(settings) if s.name == "local-stt"]
+    assert spec.extra["prompt"] == DOMAIN_PROMPT  # the call's in-process engine
+    assert "pricing" in DOMAIN_PROMPT and "Acme Growth" in DOMAIN_PROMPT
+    own = settings.with_options({"LOCAL_STT_PROMPT": "  Plumbing   quotes and boilers. "})
+    assert whisper_options(own).prompt == "Plumbing quotes and boilers."
+    assert whisper_options(settings.with_options({"LOCAL_STT_PROMPT": "off"})).prompt == ""
+    # the worker's shared service is started with the same prompt, even one that looks a flag
+    supervisor = SpeechServiceSupervisor("/tmp/x.sock", whisper=WhisperOptions(prompt="-x y"))
+    assert "--stt-prompt=-x y" in supervisor.command()
 
 
 def test_wer_normalises_numbers_and_punctuation() -> None:

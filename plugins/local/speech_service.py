@@ -254,12 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stt-model", default=WhisperOptions.model)
     parser.add_argument("--stt-beam-size", type=int, default=WhisperOptions.beam_size)
     parser.add_argument("--stt-threads", type=int, default=WhisperOptions.threads)
+    parser.add_argument("--stt-prompt", default=WhisperOptions.prompt)
     args = parser.parse_args(argv)
     # stdout carries the one "ready" line for the supervisor; logs go to stderr
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     whisper = WhisperOptions(
-        model=args.stt_model, beam_size=args.stt_beam_size, threads=args.stt_threads
+        model=args.stt_model,
+        beam_size=args.stt_beam_size,
+        threads=args.stt_threads,
+        prompt=args.stt_prompt,
     )
     started = time.perf_counter()
     service = SpeechService(models, whisper)

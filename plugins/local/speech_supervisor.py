@@ -81,6 +81,7 @@ class SpeechServiceSupervisor:
             "--stt-model", self.whisper.model,
             "--stt-beam-size", str(self.whisper.beam_size),
             "--stt-threads", str(self.whisper.threads),
+            f"--stt-prompt={self.whisper.prompt}",  # "=": a prompt may start with "-"
         ]  # fmt: skip
 
     def start(self) -> None:

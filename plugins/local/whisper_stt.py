@@ -45,17 +45,29 @@ LANGUAGE = "en-US"
 MAX_BEAM_SIZE = 8
 MAX_THREADS = 16
 COMPUTE_TYPES = ("int8", "int8_float32", "float32")
+#: Whisper keeps at most 223 prompt tokens; about 4 characters a token leaves room to spare.
+MAX_PROMPT_CHARS = 600
+#: What turns a configured prompt off (the application's default vocabulary included).
+PROMPT_OFF = ("off", "none")
 _MODEL_NAME = re.compile(r"^(tiny|base|small|medium|large-v[123]|distil-[a-z0-9.-]+)(\.en)?$")
 
 
 @dataclass(frozen=True)
 class WhisperOptions:
-    """Validated local-stt settings: which model, how wide a beam, how many CPU threads."""
+    """Validated local-stt settings: which model, how wide a beam, how many CPU threads, and
+    the vocabulary prompt.
+
+    ``prompt`` is Whisper's ``initial_prompt``: text the decoder treats as what came before, so
+    the words of the application's domain (its product, its plans, the caller's usual
+    requests) win close calls on a noisy line. The plugin knows no domain: the application
+    passes its own (``LOCAL_STT_PROMPT``).
+    """
 
     model: str = PACKAGED_MODEL
     beam_size: int = 1
     threads: int = 2
     compute_type: str = "int8"
+    prompt: str = ""
 
     def __post_init__(self) -> None:
         check_model_name(self.model)
@@ -68,6 +80,12 @@ class WhisperOptions:
             raise ValueError(
                 f"local-stt threads must be 1..{MAX_THREADS} (about the worker's cores), "
                 f"got {self.threads}"
+            )
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(
+                f"local-stt prompt is {len(self.prompt)} characters; keep it under "
+                f"{MAX_PROMPT_CHARS} (Whisper reads at most 223 prompt tokens): a sentence or "
+                "two of the domain's words"
             )
         if self.compute_type not in COMPUTE_TYPES:
             raise ValueError(
@@ -187,6 +205,7 @@ class WhisperEngine:
                 condition_on_previous_text=False,
                 without_timestamps=True,
                 vad_filter=False,
+                initial_prompt=self.options.prompt or None,
             )
             kept = [
                 s.text.strip()
@@ -209,11 +228,13 @@ def options_from(extra: dict[str, str], model: str | None) -> WhisperOptions:
             raise ValueError(f"local-stt {name}={raw!r} is not a whole number") from None
 
     defaults = WhisperOptions()
+    prompt = " ".join((extra.get("prompt") or "").split())
     return WhisperOptions(
         model=model or defaults.model,
         beam_size=integer("beam_size", defaults.beam_size),
         threads=integer("threads", defaults.threads),
         compute_type=extra.get("compute_type") or defaults.compute_type,
+        prompt="" if prompt.lower() in PROMPT_OFF else prompt,
     )
 
 

@@ -107,6 +107,11 @@ LOCAL_STT = Provider(
     options={
         "beam_size": Option("LOCAL_STT_BEAM_SIZE", "local-stt beam size, 1..8 (1 = fastest)", "1"),
         "threads": Option("LOCAL_STT_THREADS", "local-stt CPU threads, 1..16", "2"),
+        "prompt": Option(
+            "LOCAL_STT_PROMPT",
+            "local-stt vocabulary prompt (Whisper initial_prompt): a sentence of the domain's "
+            "words; unset: the application's own, 'off': none",
+        ),
     },
     offline_check=_local_stt_problem,
     local=True,
