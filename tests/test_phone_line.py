@@ -151,6 +151,27 @@ async def test_caller_input_sends_speech_then_silence_in_paced_frames() -> None:
         await line.__anext__()
 
 
+async def test_a_session_reading_late_does_not_slow_the_callers_clock() -> None:
+    """The caller stops talking on the line's clock; a session that reads its input late (a
+    starved event loop) has that lag in its response time, not hidden in the caller's."""
+    line = CallerAudioInput(sample_rate=16000, frame_ms=20)
+    await line.__anext__()  # the line is open
+    spoke = time.time()
+    done = line.speak(np.full(3200, 1000, dtype=np.int16))  # 200 ms of speech
+    assert line._started_at is not None
+    line._started_at -= 1.0  # the session has fallen 1 s behind the line: everything is overdue
+    frames = []
+    while not done.done():
+        frames.append(await line.__anext__())  # read in one late burst
+    read_at = time.time()
+    assert read_at - spoke < 0.15
+    # the caller finished 200 ms after starting on the line's clock, 1 s before the late read
+    assert done.result() == pytest.approx(spoke + 0.2 - 1.0, abs=0.05)
+    loud = [bool(np.frombuffer(f.data, np.int16).any()) for f in frames]
+    assert loud[-10:] == [True] * 10
+    line.close()
+
+
 def test_caller_input_rejects_bad_settings_and_audio() -> None:
     with pytest.raises(ValueError, match="speed"):
         CallerAudioInput(speed=100)

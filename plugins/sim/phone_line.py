@@ -86,6 +86,7 @@ class _Utterance:
     pcm: Int16Array
     done: asyncio.Future[float]  # resolved with the wall time the last sample left the line
     position: int = 0
+    start_frame: int = 0  # the line's frame index its first sample is on
 
 
 class CallerAudioInput(io.AudioInput):
@@ -95,6 +96,13 @@ class CallerAudioInput(io.AudioInput):
     end of a turn, so frames flow continuously, one ``frame_ms`` frame per ``frame_ms / speed``
     of wall-clock time. The session pulls frames (``__anext__``); pacing happens there, so no
     background task is needed and a slow consumer simply catches up.
+
+    The line keeps the caller's clock, not the consumer's: frame ``k`` is on the wire at
+    ``start + k * frame_s``, whenever the session gets round to reading it. An utterance starts
+    at the first frame not yet on the wire when the caller begins to speak, and its ``done``
+    time is when its last frame was on the wire. A session too busy to read its input in time
+    (a starved event loop) therefore shows up in the response time, as it would for a real
+    caller, instead of delaying the caller's own clock.
     """
 
     def __init__(
@@ -125,7 +133,15 @@ class CallerAudioInput(io.AudioInput):
         if pcm.dtype != np.int16 or pcm.ndim != 1:
             raise ValueError("caller speech must be mono int16 PCM at the line's sample rate")
         done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Utterance(pcm, done))
+        # frames already due are on the wire (silence) even if the session has not read them
+        start = self._frames_sent
+        if self._started_at is not None:
+            due_now = math.ceil((time.monotonic() - self._started_at) * self.speed / self.frame_s)
+            start = max(start, due_now)
+        if self._queue:
+            last = self._queue[-1]
+            start = max(start, last.start_frame + -(-last.pcm.size // self.samples_per_frame))
+        self._queue.append(_Utterance(pcm, done, start_frame=start))
         return done
 
     @property
@@ -160,20 +176,27 @@ class CallerAudioInput(io.AudioInput):
             samples_per_channel=self.samples_per_frame,
         )  # fmt: skip
 
+    def _wall_time_of_frame(self, index: int) -> float:
+        """Wall-clock time frame ``index`` goes on the wire (the caller's clock)."""
+        assert self._started_at is not None
+        due = self._started_at + index * self.frame_s / self.speed
+        return time.time() + (due - time.monotonic())
+
     def _next_chunk(self) -> bytes:
-        if not self._queue:
+        index = self._frames_sent - 1  # the frame being handed over
+        if not self._queue or index < self._queue[0].start_frame:
             return self._silence
         utterance = self._queue[0]
         if utterance.position == 0:
-            self._recording.append((time.time(), utterance.pcm))
+            self._recording.append((self._wall_time_of_frame(index), utterance.pcm))
         end = utterance.position + self.samples_per_frame
         chunk = utterance.pcm[utterance.position : end]
         utterance.position = end
         if end >= utterance.pcm.size:
             self._queue.pop(0)
             if not utterance.done.done():
-                # the chunk is handed over now and lasts one frame on the line
-                utterance.done.set_result(time.time() + self.frame_s / self.speed)
+                # the caller's last sample was on the line at the end of this frame
+                utterance.done.set_result(self._wall_time_of_frame(index + 1))
         data = chunk.tobytes()
         return data + self._silence[len(data) :]
 
