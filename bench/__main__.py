@@ -15,6 +15,7 @@ BENCHMARKS = (
     "local_rtf",
     "store_admit",
     "failover",
+    "balancing",
     "midstream",
     "capacity",
     "own_faults",

@@ -184,6 +184,23 @@ async def test_status_lists_each_member_without_its_key(
     assert not any("alpha" in str(s) or "bravo" in str(s) for s in statuses)
 
 
+async def test_doctor_checks_each_member_and_names_the_revoked_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from agent.ops.doctor import diagnose
+
+    async with OpenAISimulator() as sim:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-alpha-0001,bad-key")  # the second is revoked
+        monkeypatch.setenv("OPENAI_BASE_URL", sim.base_url)
+        monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+        findings = {f.subject: f for f in await diagnose(load_settings())}
+    assert findings["llm:openai#1"].ok
+    assert not findings["llm:openai#2"].ok and "rejected" in findings["llm:openai#2"].text
+    assert "llm:openai" not in findings
+    assert not any("alpha-0001" in f.text for f in findings.values())
+
+
 async def test_each_key_has_its_own_breaker_and_a_429_on_one_leaves_the_other_serving(
     http: None, shared: DocumentStore
 ) -> None:

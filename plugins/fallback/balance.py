@@ -44,7 +44,7 @@ from plugins.resilience.headroom import (
     refilled_at,
     tightest,
 )
-from plugins.resilience.types import GuardObserver, HealthStore
+from plugins.resilience.types import Admission, GuardObserver, HealthStore
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +62,7 @@ class BalanceSettings:
     min_samples: int = 3  # closest: measurements a member needs before it is ranked
     explore_every: int = 20  # closest: one request in N measures another member
     latency_weight: float = 0.3  # weight of a new sample in the moving average
+    use_headroom: bool = True  # False: weights and latency only (a provider's headers lie)
 
     def __post_init__(self) -> None:
         if not 0 <= self.reserve < 1:
@@ -86,6 +87,7 @@ class _Member:
     refreshed_at: float = float("-inf")
     writing: bool = False
     unwritten: list[Headroom] | None = None
+    picked: int = 0  # requests the balancer sent its way whose attempt has not started yet
 
 
 class HeadroomBoard(GuardObserver):
@@ -120,8 +122,26 @@ class HeadroomBoard(GuardObserver):
         if self.store is not None:
             self._write(key, list(readings))
 
+    def picked(self, key: str) -> None:
+        """The balancer put ``key`` first for a request: count the send now, before its guard
+        admits it, so concurrent requests deciding meanwhile see it."""
+        member = self._m(key)
+        member.picked += 1
+        member.sends.append(self._clock())
+
     def on_attempt(self, key: str, *, is_probe: bool) -> None:
-        self._m(key).sends.append(self._clock())
+        member = self._m(key)
+        if member.picked > 0 and not is_probe:
+            member.picked -= 1  # counted when picked
+            return
+        member.sends.append(self._clock())
+
+    def on_skip(self, key: str, admission: Admission) -> None:
+        member = self._m(key)
+        if member.picked > 0:  # its guard refused it: nothing was sent
+            member.picked -= 1
+            if member.sends:
+                member.sends.pop()
 
     def on_success(self, key: str, *, latency_s: float | None, is_probe: bool = False) -> None:
         if latency_s is None or latency_s < 0:
@@ -296,7 +316,8 @@ class Balancer:
         now = self._clock()
         if commit:
             self.board.refresh([self.keys[i] for i in tier])
-        ready = [i for i in tier if not self.board.tight(self.keys[i], now)]
+        use = self.board.settings.use_headroom
+        ready = [i for i in tier if not (use and self.board.tight(self.keys[i], now))]
         tight = sorted(
             (i for i in tier if i not in ready),
             key=lambda i: (
@@ -310,6 +331,8 @@ class Balancer:
             first = self._closest(state, ready, commit=commit)
         else:
             first = self._weighted(state, ready, commit=commit)
+        if commit:
+            self.board.picked(self.keys[first[0]])
         return [*first, *tight]
 
     def _weighted(self, state: _TierState, ready: list[int], *, commit: bool) -> list[int]:

@@ -482,6 +482,11 @@ class OpenAISimulator(HttpSimulator):
         )
 
     # -- rate limits ---------------------------------------------------------------------
+    def name_keys(self, keys: Iterable[str]) -> None:
+        """Name ``keys`` ``key1``, ``key2``... in this order (others: in the order first seen)."""
+        for key in keys:
+            self._key_ids.setdefault(key, f"key{len(self._key_ids) + 1}")
+
     def key_id(self, request: web.Request) -> str:
         """``key1``, ``key2``...: which key a request came on, in order first seen."""
         header = request.headers.get("Authorization", "")
