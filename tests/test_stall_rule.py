@@ -244,3 +244,17 @@ def test_lost_time_is_not_learned_as_the_providers_rhythm() -> None:
         line.watch.on_transcript(line.now, final=True)
         line.pause(0.5)
     assert line.watch.endpoint_s < 1.0  # learned 0.3 s, not 2.3 s
+
+
+def test_a_flush_during_the_pause_does_not_hold_the_endpoint_window_open() -> None:
+    """The caller paused 1 s, then the input ended: the endpoint window still runs out on
+    time (the audio clock stopped with the input), before the flush's own deadline."""
+    line = Line(interims=False)
+    line.speak(3.0)
+    line.pause(1.0)
+    line.watch.on_flush(line.now)
+    line.now += ENDPOINT - 1.0 - 0.03
+    assert line.watch.overdue(line.now) is None
+    line.now += 0.06
+    verdict = line.watch.overdue(line.now)
+    assert verdict is not None and verdict.why == "no final after the caller paused"

@@ -42,7 +42,8 @@ not fail over a provider whose answers were waiting, unread, in our own socket b
 teach its rhythm that time.
 
 Separately, a flush (the end of input, or LiveKit's manual flush) that follows unanswered voiced
-audio must be answered within the first-result deadline ``first_s``.
+audio must be answered within the first-result deadline ``first_s``. No audio follows a flush,
+so from then on the endpoint window runs on the wall clock alone: whichever comes first.
 
 This is a pure state machine over an explicit clock (``now`` is passed in), so every rule is
 tested with a fake clock; :class:`~plugins.resilience.guard_stt.GuardedRecognizeStream` feeds it.
@@ -186,7 +187,9 @@ class StallWatch:
         if self._quiet_at is not None:
             quiet_wall = now - self._quiet_at
             window = self.endpoint_s
-            if quiet_wall >= window and self.audio_s - self._quiet_audio >= window:
+            # after a flush no more audio comes: the wall clock alone runs the window out
+            heard = self.flushed or self.audio_s - self._quiet_audio >= window
+            if quiet_wall >= window and heard:
                 return Overdue(True, quiet_wall, window, "no final after the caller paused")
         ceiling = self.interims.ceiling_s * LISTEN_CEILING_FACTOR
         if speech_wall >= ceiling and speech_audio >= ceiling:
