@@ -206,6 +206,8 @@ def build_call_runtime(
         observers=[usage, _METRICS, *observers],
         deadlines=deadline_settings(settings),
         responder=sales_responder(lead_sink, company=company),
+        hedge_requests=settings.hedge_requests,
+        prewarm=settings.prewarm_connections,
     )
     switches = SwitchTracker(chains)  # the call's one tracker: follows the chains' cursors
     names: dict[str, list[str]] = {

@@ -160,6 +160,7 @@ class CoreSettings(BaseSettings):
     stt_first_result_timeout: float = Field(default=1.5, gt=0, le=60)
     stt_stall_timeout: float = Field(default=3.0, gt=0, le=60)
     hedge_requests: bool = False
+    prewarm_connections: bool = True
     provider_budgets_usd: ProviderAmounts = Field(default_factory=dict)
     provider_prices_usd: ProviderAmounts = Field(default_factory=dict)
     budget_period: Literal["day", "month"] = "month"

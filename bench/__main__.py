@@ -17,6 +17,7 @@ BENCHMARKS = (
     "failover",
     "balancing",
     "midstream",
+    "prewarm",
     "capacity",
     "own_faults",
     "chaos",

@@ -99,6 +99,7 @@ def build_chains(
     responder: Responder | None = None,
     hedge_requests: bool = False,
     balance: BalanceSettings | None = None,
+    prewarm: bool = True,
 ) -> Chains:
     """Build the STT, LLM and TTS chains in the order the specs give.
 
@@ -112,8 +113,12 @@ def build_chains(
     provider, TTS resumes at the first unspoken sentence, STT replays the caller's current
     utterance. Members are asked for no retries of their own (``max_retry_per_*=0``): a
     failed attempt is the chain's cue to move on.
-    ``hedge_requests`` (off by default): an LLM late past its measured p95 gets the next
-    provider started in parallel, and the first to answer is kept.
+    ``hedge_requests`` (off by default): an LLM (first token) or a voice (first audio) late
+    past its measured p95 gets the next provider started in parallel, and the first to answer
+    is kept.
+    ``prewarm`` (on by default): the adapters' ``prewarm()`` (called by LiveKit's session when
+    a call starts) connects the member that will serve, and a member that starts failing has
+    the next one connected (:mod:`plugins.fallback.warm`); off: connections open on first use.
     A spec's ``extra["prefill"] = "continue"`` says that provider continues a trailing
     assistant message (assistant prefill); others restart and are aligned with what was said.
     Neighbouring specs with the same ``tier`` (the members of a key or endpoint pool, or
@@ -229,32 +234,38 @@ def build_chains(
     }
     for slot in balancers:
         log.info("tiers balanced", slot=slot, tiers=_describe_tiers(placed[slot], tiers[slot]))
+    stt_adapter = STTFallbackAdapter(
+        stt_chain,
+        vad=vad,
+        max_retry_per_stt=0,
+        keys=order["stt"],
+        tiers=tiers["stt"],
+        selector=balancers.get("stt"),
+    )
+    llm_adapter = LLMFallbackAdapter(
+        llm_chain,
+        attempt_timeout=llm_attempt_timeout,
+        max_retry_per_llm=0,
+        prefill=lambda member: id(member) in prefill,
+        hedge_after_s=_hedge_after if hedge_requests else None,
+        keys=order["llm"],
+        tiers=tiers["llm"],
+        selector=balancers.get("llm"),
+    )
+    tts_adapter = TTSFallbackAdapter(
+        tts_chain,
+        max_retry_per_tts=0,
+        keys=order["tts"],
+        tiers=tiers["tts"],
+        selector=balancers.get("tts"),
+        hedge_after_s=_hedge_after if hedge_requests else None,
+    )
+    for adapter in (stt_adapter, llm_adapter, tts_adapter):
+        adapter.warmer.enabled = prewarm
     return Chains(
-        stt=STTFallbackAdapter(
-            stt_chain,
-            vad=vad,
-            max_retry_per_stt=0,
-            keys=order["stt"],
-            tiers=tiers["stt"],
-            selector=balancers.get("stt"),
-        ),
-        llm=LLMFallbackAdapter(
-            llm_chain,
-            attempt_timeout=llm_attempt_timeout,
-            max_retry_per_llm=0,
-            prefill=lambda member: id(member) in prefill,
-            hedge_after_s=_hedge_after if hedge_requests else None,
-            keys=order["llm"],
-            tiers=tiers["llm"],
-            selector=balancers.get("llm"),
-        ),
-        tts=TTSFallbackAdapter(
-            tts_chain,
-            max_retry_per_tts=0,
-            keys=order["tts"],
-            tiers=tiers["tts"],
-            selector=balancers.get("tts"),
-        ),
+        stt=stt_adapter,
+        llm=llm_adapter,
+        tts=tts_adapter,
         order=order,
         skipped=skipped,
         guards=guards,
@@ -296,9 +307,10 @@ def _continues_prefill(spec: ProviderSpec) -> bool:
     return spec.extra.get("prefill", "").strip().lower() in ("continue", "true", "1", "yes")
 
 
-def _hedge_after(member: llm.LLM[Any]) -> float | None:
-    """Hedge once a guarded LLM is past its measured p95 (and still before its deadline)."""
-    if not isinstance(member, GuardedLLM):
+def _hedge_after(member: llm.LLM[Any] | tts.TTS[Any]) -> float | None:
+    """Hedge once a guarded LLM (first token) or voice (first audio) is past its measured
+    p95, and still before its deadline."""
+    if not isinstance(member, GuardedLLM | GuardedTTS):
         return None
     p95 = member.guard.deadline.p95
     if p95 is None:

@@ -55,6 +55,7 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from plugins.fallback.align import Aligner
 from plugins.fallback.cursor import ChainCursor, TierSelector, Walk
 from plugins.fallback.telemetry import record_served
+from plugins.fallback.warm import Warmer
 from plugins.resilience.failures import ClassifiedError, EmptyResultError
 from plugins.resilience.guard import Pump
 from plugins.resilience.types import FailureKind
@@ -112,6 +113,8 @@ class LLMFallbackAdapter(llm.FallbackAdapter):
             selector=selector,
         )
         self.on("llm_availability_changed", self._availability_changed)
+        #: warms the serving member at call start and the next one when one falters
+        self.warmer = Warmer(self.chain)
 
     @property
     def members(self) -> list[llm.LLM[Any]]:
@@ -137,8 +140,13 @@ class LLMFallbackAdapter(llm.FallbackAdapter):
             extra_kwargs=extra_kwargs,
         )
 
+    def prewarm(self, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Warm the member that will serve (LiveKit: always member 0)."""
+        self.warmer.prewarm()
+
     async def aclose(self) -> None:
         self.chain.close()
+        self.warmer.close()
         await super().aclose()
 
     def _announce(self, member: llm.LLM[Any], available: bool) -> None:

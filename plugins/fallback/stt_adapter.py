@@ -45,6 +45,7 @@ from livekit.agents.stt.fallback_adapter import (
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from plugins.fallback.cursor import ChainCursor, TierSelector
+from plugins.fallback.warm import Warmer
 from plugins.resilience.guard import Pump
 
 log = structlog.get_logger(__name__)
@@ -103,6 +104,8 @@ class STTFallbackAdapter(stt.FallbackAdapter):
             selector=selector,
         )
         self.on("stt_availability_changed", self._availability_changed)
+        #: warms the serving member at call start and the next one when one falters
+        self.warmer = Warmer(self.chain)
 
     @property
     def members(self) -> list[stt.STT[Any]]:
@@ -150,8 +153,13 @@ class STTFallbackAdapter(stt.FallbackAdapter):
             return event
         raise walk.error()
 
+    def prewarm(self) -> None:
+        """Warm the member that will serve (LiveKit: always member 0)."""
+        self.warmer.prewarm()
+
     async def aclose(self) -> None:
         self.chain.close()
+        self.warmer.close()
         await super().aclose()
 
     def _announce(self, member: stt.STT[Any], available: bool) -> None:

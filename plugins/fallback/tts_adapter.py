@@ -22,6 +22,12 @@ first sentence not heard whole. Leading silence is held back until real audio ar
 member that returns only silence costs no dead air: with ``silence_is_failure`` (the default)
 such a member has failed; pass ``False`` for a member whose silence is legitimate.
 
+Optional hedging (``hedge_after_s``), as the LLM adapter's: when the first member of a
+streamed utterance has sent no audible audio after ``hedge_after_s(member)`` (its measured
+p95), the next member is started on the same text in parallel; the first to send audible
+audio is heard and the other is closed, so a late voice costs the caller its p95, not its
+first-audio deadline.
+
 Where we differ from LiveKit, deliberately:
 
 * ``capabilities.aligned_transcript`` is ``False``: after a resume the word timings would
@@ -54,11 +60,14 @@ from livekit.agents.voice.io import TimedString
 
 from plugins.fallback.cursor import ChainCursor, TierSelector, Walk
 from plugins.fallback.telemetry import record_served
+from plugins.fallback.warm import Warmer
 from plugins.resilience.failures import EmptyResultError, ProviderUnavailableError
 from plugins.resilience.guard import Pump
 from plugins.resilience.guard_tts import SILENCE_PEAK
 
 log = structlog.get_logger(__name__)
+
+HedgeAfter = Callable[[tts.TTS[Any]], float | None]
 
 #: Speaking rate used to guess how much of a streamed utterance was heard when the member
 #: sends no word timestamps. Slower than any real voice, so a sentence in doubt is repeated.
@@ -86,7 +95,9 @@ class TTSFallbackAdapter(tts.FallbackAdapter):
 
     LiveKit's arguments first (``tts``, ``max_retry_per_tts``, ``sample_rate``), then ours:
     ``silence_is_failure``, ``silence_peak`` (int16 peak below which audio is silence),
-    ``sentence_tokenizer``, ``keys`` (names in events), ``tiers``/``selector``.
+    ``sentence_tokenizer``, ``keys`` (names in events), ``tiers``/``selector``,
+    ``hedge_after_s(member)`` (the lateness of first audio after which the next member is
+    started in parallel; ``None``: never).
     """
 
     def __init__(
@@ -101,8 +112,10 @@ class TTSFallbackAdapter(tts.FallbackAdapter):
         keys: Sequence[str] | None = None,
         tiers: Sequence[int] | None = None,
         selector: TierSelector | None = None,
+        hedge_after_s: HedgeAfter | None = None,
     ) -> None:
         super().__init__(tts, max_retry_per_tts=max_retry_per_tts, sample_rate=sample_rate)
+        self.hedge_after_s = hedge_after_s
         self.silence_is_failure = silence_is_failure
         self.silence_peak = silence_peak
         self.tokenizer = sentence_tokenizer or tokenize.basic.SentenceTokenizer()
@@ -118,6 +131,8 @@ class TTSFallbackAdapter(tts.FallbackAdapter):
             selector=selector,
         )
         self.on("tts_availability_changed", self._availability_changed)
+        #: warms the serving member at call start and the next one when one falters
+        self.warmer = Warmer(self.chain)
 
     @property
     def members(self) -> list[tts.TTS[Any]]:
@@ -142,8 +157,13 @@ class TTSFallbackAdapter(tts.FallbackAdapter):
     ) -> TTSFallbackSynthesizeStream:
         return TTSFallbackSynthesizeStream(tts=self, conn_options=conn_options)
 
+    def prewarm(self) -> None:
+        """Warm the member that will serve (LiveKit: always member 0)."""
+        self.warmer.prewarm()
+
     async def aclose(self) -> None:
         self.chain.close()
+        self.warmer.close()
         await super().aclose()
 
     def _announce(self, member: tts.TTS[Any], available: bool) -> None:
@@ -154,6 +174,16 @@ class TTSFallbackAdapter(tts.FallbackAdapter):
 
     def _availability_changed(self, ev: tts.AvailabilityChangedEvent) -> None:
         self.chain.availability_changed(ev.tts, ev.available)
+
+
+class _RacerFailedError(Exception):
+    """A hedge racer failed: ``index``'s ``error``; the walk resumes after ``last``."""
+
+    def __init__(self, index: int, error: Exception, *, last: int) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+        self.last = last
 
 
 class _Script:
@@ -230,6 +260,8 @@ class _Take:
                 self._held.append(frame)  # leading silence waits for real audio
                 return
             self.audible = True
+        if not voice.claim(self._index):
+            return  # a hedge race this take lost: the winner's audio is what the caller hears
         self.reached_caller = True
         for held in self._held:
             voice.emitter.push_frame(held)
@@ -263,6 +295,20 @@ class _Voice:
         self._text_sent = False
         self._pending: tuple[int, int, str] | None = None  # (failed member, sentence, error)
         self._take_started = False
+        self._racers: dict[int, asyncio.Task[None]] = {}  # a hedge race: member -> its take
+        self._owner: int | None = None  # the racer the caller hears
+
+    def claim(self, index: int) -> bool:
+        """Whether member ``index`` may reach the caller; the first racer to ask wins, and
+        the other is cancelled."""
+        if not self._racers:
+            return True
+        if self._owner is None:
+            self._owner = index
+            for other, task in self._racers.items():
+                if other != index:
+                    task.cancel()
+        return self._owner == index
 
     async def speak(self, walk: Walk[tts.TTS[Any]]) -> int | None:
         """Speak everything; returns the index of the member that finished it (``None``:
@@ -270,32 +316,109 @@ class _Voice:
         if await self.script.get(0) is None:
             return None
         members = self.adapter._tts_instances
-        for index in walk.order:
+        order = list(walk.order)
+        position = 0
+        while position < len(order):
+            index = order[position]
+            position += 1
             self._take_started = False
             try:
-                if self.streamed and members[index].capabilities.streaming:
+                partner = self._hedge_partner(walk, index)
+                if partner is not None:
+                    index = await self._race(walk, index, *partner)
+                elif self.streamed and members[index].capabilities.streaming:
                     await self._stream_on(index)
                 else:
                     await self._sentences_on(index)
             except asyncio.CancelledError:
                 raise
+            except _RacerFailedError as race:  # a hedge race ended in a failure
+                position = order.index(race.last) + 1
+                if self._failed(walk, race.index, race.error):
+                    return race.index
+                continue
             except Exception as e:
-                walk.failed(index, e)
-                if not isinstance(e, ProviderUnavailableError):  # a refusal is not news
-                    log.warning(
-                        "TTS failed; moving to the next voice",
-                        provider=members[index].label,
-                        sentence=self.done + 1,
-                        error=str(e),
-                    )
-                if self._pending is None and (self.done > 0 or self.last_audible > 0):
-                    self._pending = (index, self.done, str(e))
-                if self.script.ended and self.done >= len(self.script.sentences):
+                if self._failed(walk, index, e):
                     return index  # every sentence was heard: nothing is left to say
                 continue
             walk.served(index)
             return index
         raise walk.error(f" at sentence {self.done + 1}")
+
+    def _failed(self, walk: Walk[tts.TTS[Any]], index: int, e: BaseException) -> bool:
+        """Record member ``index``'s failure; True when nothing is left to say anyway."""
+        walk.failed(index, e)
+        if not isinstance(e, ProviderUnavailableError):  # a refusal is not news
+            log.warning(
+                "TTS failed; moving to the next voice",
+                provider=self.adapter._tts_instances[index].label,
+                sentence=self.done + 1,
+                error=str(e),
+            )
+        if self._pending is None and (self.done > 0 or self.last_audible > 0):
+            self._pending = (index, self.done, str(e))
+        return self.script.ended and self.done >= len(self.script.sentences)
+
+    def _hedge_partner(self, walk: Walk[tts.TTS[Any]], index: int) -> tuple[int, float] | None:
+        """(the next member, the hedge delay) when ``index`` should be hedged: a streamed
+        utterance nobody has heard yet, both members streaming, and a measured p95."""
+        hedge_after = self.adapter.hedge_after_s
+        if hedge_after is None or not self.streamed or self.done or self.last_audible:
+            return None
+        other = walk.after(index)
+        members = self.adapter._tts_instances
+        if other is None or not all(members[i].capabilities.streaming for i in (index, other)):
+            return None
+        delay = hedge_after(members[index])
+        return None if delay is None else (other, delay)
+
+    async def _race(self, walk: Walk[tts.TTS[Any]], first: int, second: int, delay: float) -> int:
+        """``first``, joined by ``second`` if no audible audio came within ``delay``; the first
+        racer heard keeps the utterance. Returns the member that finished it."""
+        members = self.adapter._tts_instances
+        self._owner = None
+        self._racers = {first: asyncio.create_task(self._stream_on(first))}
+        try:
+            await asyncio.wait([self._racers[first]], timeout=delay)
+            if not self._racers[first].done() and self._owner is None:
+                log.info(
+                    "voice late; hedging with the next voice",
+                    late=members[first].label,
+                    hedge=members[second].label,
+                    after_s=round(delay, 3),
+                )
+                self._racers[second] = asyncio.create_task(self._stream_on(second))
+            errors: dict[int, Exception] = {}
+            pending = set(self._racers.values())
+            while pending and self._owner not in errors:  # heard, then failed: stop there
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for index, task in self._racers.items():
+                    if task not in done or task.cancelled():
+                        continue  # still running, or the loser (cancelled by the winner)
+                    if (error := task.exception()) is None:
+                        for loser, failure in errors.items():  # failed before it was heard
+                            self._failed(walk, loser, failure)
+                        return index
+                    if not isinstance(error, Exception):
+                        raise error
+                    errors[index] = error
+            # the failure to report is the heard racer's, else the later one's; the walk goes
+            # on after the later of those that failed (a cancelled loser did not fail)
+            later = max(errors, key=walk.order.index)
+            reported = self._owner if self._owner in errors else later
+            assert reported is not None
+            for index, error in errors.items():
+                if index != reported:
+                    self._failed(walk, index, error)
+            raise _RacerFailedError(reported, errors[reported], last=later)
+        finally:
+            for task in self._racers.values():
+                if not task.done():
+                    task.cancel()
+            racers = list(self._racers.values())
+            self._racers = {}
+            for task in racers:
+                await utils.aio.cancel_and_wait(task)
 
     def _text_out(self) -> None:
         if not self._text_sent:

@@ -323,6 +323,21 @@ class GuardedPlugin:
     def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
         cast(Any, self).emit("metrics_collected", *args, **kwargs)
 
+    def rewarm(self, error: ClassifiedError) -> None:
+        """After a failed attempt whose breaker stayed closed, re-open the plugin's pooled
+        connection now (its public ``prewarm()``), so the next request - the immediate retry,
+        or the next sentence once the chain comes back here - does not pay the handshake.
+        LiveKit's pool drops a connection an attempt failed on, so this connects afresh; it
+        is a no-op for a plugin with nothing pooled, or a pool that still holds one."""
+        if error.breaker is not BreakerState.CLOSED:
+            return  # nothing will be sent here before a probe: do not hold a socket open
+        try:
+            self.inner.prewarm()
+        except Exception as e:
+            log.warning(
+                "reconnect after a failed attempt failed", provider=self.guard.key, error=str(e)
+            )
+
     async def _close_inner(self) -> None:
         self.inner.off("metrics_collected", self._forward_metrics)
         await self.guard.drain()

@@ -23,7 +23,12 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, USERDATA_TIMED_TRANSCRIPT
 
-from plugins.resilience.failures import EmptyResultError, ImplausibleAudioError, TruncatedError
+from plugins.resilience.failures import (
+    ClassifiedError,
+    EmptyResultError,
+    ImplausibleAudioError,
+    TruncatedError,
+)
 from plugins.resilience.guard import UNIT_TTS, Guard, GuardedPlugin, Pump, deadline_error
 from plugins.resilience.speech_check import SpeechCheck, implausible, min_speech_s, spoken_chars
 
@@ -282,7 +287,13 @@ class GuardedChunkedStream(tts.ChunkedStream):
                     guard.usage(UNIT_TTS, float(len(self.input_text)))
             return watch.latency
 
-        guard.succeeded(await guard.run(once, delivered=lambda: heard))
+        try:
+            latency = await guard.run(once, delivered=lambda: heard)
+        except ClassifiedError as e:
+            if heard:  # a connection that worked was lost (a refused one is not re-dialled)
+                self._guarded.rewarm(e)
+            raise
+        guard.succeeded(latency)
 
 
 class GuardedSynthesizeStream(tts.SynthesizeStream):
@@ -365,4 +376,10 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
                     guard.usage(UNIT_TTS, float(chars))
             return watch.latency
 
-        guard.succeeded(await guard.run(once, delivered=lambda: heard))
+        try:
+            latency = await guard.run(once, delivered=lambda: heard)
+        except ClassifiedError as e:
+            if heard:  # a connection that worked was lost (a refused one is not re-dialled)
+                self._guarded.rewarm(e)
+            raise
+        guard.succeeded(latency)

@@ -146,11 +146,38 @@ class CartesiaSimulator(HttpSimulator):
 
     name = "cartesia"
 
-    def __init__(self, state: SimState | None = None, *, chunk_ms: int = 40) -> None:
+    def __init__(
+        self, state: SimState | None = None, *, chunk_ms: int = 40, connect_delay_s: float = 0.0
+    ) -> None:
         super().__init__(state)
         self.chunk_ms = chunk_ms
+        #: added to every WebSocket handshake: a real one costs DNS + TCP + TLS + upgrade,
+        #: about 100-300 ms from a cloud region to Cartesia's, which 127.0.0.1 does not
+        self.connect_delay_s = connect_delay_s
+        self.handshakes = 0  # WebSocket upgrades accepted
+        self.handshake = asyncio.Condition()  # notified at each accepted upgrade
         self.schedule = FaultSchedule(self.state.plan)
         self._sockets: set[web.WebSocketResponse] = set()
+
+    async def wait_handshakes(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` upgrades were accepted in all; False on timeout."""
+        async with self.handshake:
+            try:
+                await asyncio.wait_for(
+                    self.handshake.wait_for(lambda: self.handshakes >= count), timeout
+                )
+            except TimeoutError:
+                return False
+        return True
+
+    async def drop_connections(self) -> int:
+        """Close every open WebSocket from the server's side (an idle timeout, a deploy)."""
+        dropped = 0
+        for ws in list(self._sockets):
+            with contextlib.suppress(Exception):
+                await ws.close(code=1001, message=b"going away")
+                dropped += 1
+        return dropped
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/tts/websocket", self._websocket)
@@ -269,9 +296,14 @@ class CartesiaSimulator(HttpSimulator):
         if fault is not None:
             return await self._refuse(request, fault)
 
+        if self.connect_delay_s > 0:
+            await self.park(self.connect_delay_s)
         ws = web.WebSocketResponse(timeout=1.0)
         await ws.prepare(request)
         self._sockets.add(ws)
+        async with self.handshake:
+            self.handshakes += 1
+            self.handshake.notify_all()
         try:
             await _Socket(self, request, ws, faults).serve()
         finally:

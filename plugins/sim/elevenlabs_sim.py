@@ -183,9 +183,12 @@ class ElevenLabsSimulator(HttpSimulator):
         *,
         chunk_ms: int = 50,
         character_limit: int = 100_000,
+        connect_delay_s: float = 0.0,
     ) -> None:
         super().__init__(state)
         self.chunk_ms = chunk_ms
+        #: added to every WebSocket handshake (a real one: DNS + TCP + TLS + upgrade)
+        self.connect_delay_s = connect_delay_s
         self.character_limit = character_limit
         self.characters_used = 0
         self.next_reset_unix = int(time.time()) + 30 * 24 * 3600
@@ -381,6 +384,8 @@ class ElevenLabsSimulator(HttpSimulator):
         if fault is not None and not quota_on_first_text:
             return await self._refuse(request, fault, 0)
 
+        if self.connect_delay_s > 0:
+            await self.park(self.connect_delay_s)
         ws = web.WebSocketResponse(timeout=1.0)
         await ws.prepare(request)
         self._sockets.add(ws)
