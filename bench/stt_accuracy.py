@@ -13,7 +13,9 @@ It also measures what a caller waits for on ``local-stt`` in a call: the chain's
 ``StreamAdapter`` with Silero VAD, fed a 3 s utterance in real time, from the last voiced frame
 to the final transcript (most of it is the VAD's silence window).
 
-Run: ``.venv/bin/python -m bench.stt_accuracy [--quick]``; writes ``bench/results/stt_accuracy.md``.
+Run: ``.venv/bin/python -m bench.stt_accuracy`` (all voices and sentences; writes
+``bench/results/stt_accuracy.md``) or ``--quick`` (3 voices, 5 sentences, under 3 minutes on a
+quiet machine; writes ``stt_accuracy_quick.md``). Both end with one ``stt_accuracy: ...`` line.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 from plugins.local.audio import Int16Array
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stt_accuracy.md"
+QUICK_RESULTS = RESULTS.with_name("stt_accuracy_quick.md")
 
 SENTENCES = (
     "Hi, I would like to know your pricing for the premium plan.",
@@ -182,16 +185,20 @@ async def score_all(
     return scores
 
 
+ADAPTERS = ("LiveKit StreamAdapter", "SpeculativeStreamAdapter (ours)")
+
+
 async def end_of_speech_latency(
-    repeats: int, min_silence_s: float = 0.55
+    repeats: int, adapter_name: str, min_silence_s: float = 0.55
 ) -> list[tuple[float, float]]:
-    """(last voiced frame -> final, VAD end of speech -> final) for a ~3 s utterance on
-    local-stt inside LiveKit's StreamAdapter with Silero VAD, fed at real-time pace."""
+    """(last voiced frame -> final, VAD end of speech -> final) for a ~3.7 s utterance on
+    local-stt inside LiveKit's StreamAdapter or ours, with Silero VAD, fed at real-time pace."""
     from livekit.agents import stt
     from livekit.plugins import silero
 
     from plugins.local.audio import resample
-    from plugins.local.whisper_stt import WhisperSTT
+    from plugins.local.speculative_stt import SpeculativeStreamAdapter
+    from plugins.local.whisper_stt import WhisperEngine, WhisperSTT
     from plugins.sim.telephone import PHONE_RATE, phone_channel
 
     pcm, rate = synthesize(
@@ -199,7 +206,13 @@ async def end_of_speech_latency(
     )
     phone = resample(phone_channel(pcm, rate), PHONE_RATE, 16000)
     vad = silero.VAD.load(min_silence_duration=min_silence_s)
-    adapter = stt.StreamAdapter(stt=WhisperSTT(), vad=vad)
+    recogniser = WhisperSTT(options=_whisper_options())
+    adapter: stt.StreamAdapter = (
+        SpeculativeStreamAdapter(stt=recogniser, vad=vad)
+        if adapter_name == ADAPTERS[1]
+        else stt.StreamAdapter(stt=recogniser, vad=vad)
+    )
+    await asyncio.to_thread(WhisperEngine.shared, recogniser.options)  # loaded, as in a call
     results = [await _one_utterance(adapter, phone) for _ in range(repeats)]
     await adapter.aclose()
     return [r for r in results if r is not None]
@@ -209,11 +222,15 @@ async def _one_utterance(adapter: Any, phone: Int16Array) -> tuple[float, float]
     from livekit import rtc
     from livekit.agents import stt
 
+    from plugins.sim.phone_line import trailing_silence
+
     chunk = 160  # 10 ms at 16 kHz
     lead = np.zeros(3200, dtype=np.int16)
     audio = np.concatenate([lead, phone, np.zeros(16000 * 2, dtype=np.int16)])
-    voiced_end = lead.size + phone.size
+    # the caller's last voiced sample, not the end of the synthesized clip's own silence
+    voiced_end = lead.size + phone.size - round(trailing_silence(phone, 16000) * 16000)
     marks: dict[str, float] = {}
+    finals: list[tuple[float, str]] = []
     stream = adapter.stream()
 
     async def feed() -> None:
@@ -222,7 +239,7 @@ async def _one_utterance(adapter: Any, phone: Int16Array) -> tuple[float, float]
             part = audio[i : i + chunk]
             stream.push_frame(rtc.AudioFrame(part.tobytes(), 16000, 1, part.size))
             if i + chunk >= voiced_end and "voiced_end" not in marks:
-                marks["voiced_end"] = time.perf_counter()
+                marks["voiced_end"] = started + voiced_end / 16000
             await asyncio.sleep(max(0.0, started + (i + chunk) / 16000 - time.perf_counter()))
         stream.end_input()
 
@@ -231,33 +248,51 @@ async def _one_utterance(adapter: Any, phone: Int16Array) -> tuple[float, float]
         if ev.type == stt.SpeechEventType.END_OF_SPEECH:
             marks.setdefault("vad_end", time.perf_counter())
         if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT and ev.alternatives[0].text:
-            marks["final"] = time.perf_counter()
-            break
+            finals.append((time.perf_counter(), ev.alternatives[0].text))
     await feeder
     await stream.aclose()
-    if "final" not in marks:
+    # the final that completes the utterance: the first one after the caller's last word (a
+    # final at an earlier pause holds only the words before it)
+    after = [t for t, _ in finals if t >= marks.get("voiced_end", float("inf"))]
+    if not after:
         return None
-    return (
-        marks["final"] - marks["voiced_end"],
-        marks["final"] - marks.get("vad_end", marks["final"]),
-    )
+    final = after[0]
+    # negative "after VAD end of speech": the final came before the VAD closed the turn
+    return final - marks["voiced_end"], final - marks.get("vad_end", final)
+
+
+def _whisper_options() -> Any:
+    """local-stt's options as a call gets them (the settings, with the domain vocabulary)."""
+    from agent.local_speech import whisper_options
+    from agent.settings import load_settings
+
+    return whisper_options(load_settings())
 
 
 def report(
-    scores: list[Score], latency: dict[float, list[tuple[float, float]]], elapsed_s: float
+    scores: list[Score],
+    latency: dict[str, list[tuple[float, float]]],
+    elapsed_s: float,
+    *,
+    quick: bool = False,
+    load_before: float = 0.0,
 ) -> str:
+    options = _whisper_options()
     lines = [
         "# Local recognisers on telephone speech",
         "",
-        f"Command: `.venv/bin/python -m bench.stt_accuracy` ({elapsed_s:.0f} s). Machine: "
-        f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
-        f"load average at start {os.getloadavg()[0]:.1f} (shared with other work).",
+        f"Command: `.venv/bin/python -m bench.stt_accuracy{' --quick' if quick else ''}` "
+        f"({elapsed_s:.0f} s). Machine: {os.cpu_count()} cores, {platform.machine()}, Python "
+        f"{platform.python_version()}, load average {load_before:.1f} at start, "
+        f"{os.getloadavg()[0]:.1f} at the end (1-minute; the machine may be shared).",
         "",
         "Channel: 8 kHz, 300-3400 Hz band-pass, G.711 mu-law, white noise 30 dB below the voice; "
         "`phone` has the voice 6 dB below full scale, `quiet phone` 26 dB below. Each recogniser "
         "is the real provider built by the chain builder and guarded, as in a call "
         "(`python -m agent transcribe`'s path). RTF = recognition time / audio duration "
-        "(median per utterance; local-stt: Whisper tiny.en, beam 1, 2 threads).",
+        f"(median per utterance; local-stt: Whisper {options.model}, beam {options.beam_size}, "
+        f"{options.threads} threads, {options.compute_type}, "
+        f"{'the domain vocabulary prompt' if options.prompt else 'no prompt'}).",
         "",
         "| recogniser | WER (all) | WER phone | WER quiet phone | RTF median | RTF p95 | failed |",
         "|---|---|---|---|---|---|---|",
@@ -299,39 +334,73 @@ def report(
     if latency:
         lines += [
             "",
-            "End of speech to final transcript, local-stt in LiveKit's StreamAdapter with Silero "
-            "VAD (a 3.7 s phone utterance fed in real time):",
+            "End of speech to final transcript: local-stt with Silero VAD (0.55 s silence "
+            "window, what the worker uses), a 3.7 s phone utterance fed in real time, timed "
+            "from the caller's last voiced sample; LiveKit's StreamAdapter and ours in the "
+            "same run:",
             "",
-            "| VAD min silence s | runs | last voiced frame -> final, median s | max s | "
-            "VAD end of speech -> final, median s |",
+            "| adapter | runs | last voiced sample -> final, median s | max s | "
+            "final after the VAD's end of speech, median s |",
             "|---|---|---|---|---|",
         ]
-        for silence_s, runs in latency.items():
+        for name, runs in latency.items():
             if not runs:
-                lines.append(f"| {silence_s} | 0 | - | - | - |")
+                lines.append(f"| {name} | 0 | - | - | - |")
                 continue
             voiced = [a for a, _ in runs]
             after = [b for _, b in runs]
             lines.append(
-                f"| {silence_s} | {len(runs)} | **{statistics.median(voiced):.2f}** | "
-                f"{max(voiced):.2f} | {statistics.median(after):.2f} |"
+                f"| {name} | {len(runs)} | **{statistics.median(voiced):.2f}** | "
+                f"{max(voiced):.2f} | {statistics.median(after):+.2f} |"
             )
         lines += [
             "",
-            "0.55 s is Silero's default silence window (what the worker's VAD uses); the rest is "
-            "recognition, which grows with the machine's load (see the load average above).",
+            "LiveKit's adapter recognises only after the VAD's silence window has closed; ours "
+            "starts when the caller has been silent for 0.2 s and sends the final as soon as it "
+            "is ready (a negative last column: before the VAD closed the turn), discarding it if "
+            "the caller speaks again. Recognition time grows with the machine's load (see the "
+            "load average above).",
         ]
     return "\n".join(lines) + "\n"
 
 
-async def bench(args: argparse.Namespace) -> str:
+def summary_line(scores: list[Score], latency: dict[str, list[tuple[float, float]]]) -> str:
+    """One line for scripts: local-stt's WER (all, hibari, eSpeak), RTF and the latencies."""
+    mine = [s for s in scores if s.recogniser == "local-stt"]
+
+    def wer(kind: str) -> str:
+        chosen = [s for s in mine if s.voice.startswith(kind)]
+        refs = [r for s in chosen for r in s.refs]
+        hyps = [h for s in chosen for h in s.hyps]
+        return f"{word_error_rate(refs, hyps):.3f}" if refs else "-"
+
+    rtf = [x for s in mine for x in s.rtf]
+
+    def median(name: str) -> str:
+        runs = latency.get(name) or []
+        return f"{statistics.median(a for a, _ in runs):.2f}" if runs else "-"
+
+    return (
+        f"stt_accuracy: local_wer={wer('')} hibari_wer={wer('hibari')} "
+        f"espeak_wer={wer('espeak')} rtf_median="
+        f"{statistics.median(rtf) if rtf else float('nan'):.3f} "
+        f"eos_to_final_s={median(ADAPTERS[1])} stock_eos_to_final_s={median(ADAPTERS[0])} "
+        f"load={os.getloadavg()[0]:.1f}"
+    )
+
+
+async def bench(args: argparse.Namespace) -> tuple[str, str]:
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     sentences = QUICK_SENTENCES if args.quick else SENTENCES
     voices = QUICK_VOICES if args.quick else VOICES
     scores = await score_all(sentences, voices)
     repeats = 2 if args.quick else 5
-    latency = {s: await end_of_speech_latency(repeats, s) for s in (0.55, 0.25)}
-    return report(scores, latency, time.monotonic() - started)
+    latency = {name: await end_of_speech_latency(repeats, name) for name in ADAPTERS}
+    text = report(
+        scores, latency, time.monotonic() - started, quick=args.quick, load_before=load_before
+    )
+    return text, summary_line(scores, latency)
 
 
 def main() -> None:
@@ -339,11 +408,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer sentences and voices")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    text = asyncio.run(bench(args))
+    text, summary = asyncio.run(bench(args))
     print(text)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text)
+        path = QUICK_RESULTS if args.quick else RESULTS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n" + summary + "\n")
+    print(summary)
 
 
 if __name__ == "__main__":
