@@ -59,19 +59,31 @@ class CallWeights:
         )
 
 
-# Measured by `python -m bench.capacity` on the 2-core development machine (the run in
-# bench/results/capacity.md): a call weighs 1/capacity of its configuration, so the projected
-# load reaches 1.0 at the measured capacity (9 calls on cloud providers, 4 on the local ones,
-# p95 response time < 1.5 s); the local call's extra is split between STT and TTS by the CPU the
-# single-slot runs added. The scripted LLM's share is folded into those two; eSpeak
-# (``free-tts``) was not measured separately and counts as a cloud provider.
-MEASURED_WEIGHTS = CallWeights(
-    base=0.111,
-    # local-stt (Whisper in the shared speech service) was not yet measured on a quiet machine
-    # (bench/results/capacity.md: the run of 2026-12-01 saw load averages of 10-26 from other
-    # work); it is weighed like the PocketSphinx call it replaces until a quiet run says more.
-    extra={"stt:free-stt": 0.113, "stt:local-stt": 0.113, "tts:local-tts": 0.026},
-)
+#: The measured weights: written by ``python -m bench.capacity`` (on a quiet machine), read here.
+WEIGHTS_FILE = Path(__file__).with_name("measured_weights.json")
+
+
+def load_weights(path: Path = WEIGHTS_FILE) -> CallWeights:
+    """The weights ``bench.capacity`` measured: a call weighs 1/capacity of its configuration,
+    so the projected load reaches 1.0 at the measured capacity; the local call's extra is split
+    between STT and TTS by the CPU the single-slot runs added. Keys the bench does not measure
+    (``stt:free-stt``) keep their last measured value. The file ships with the package; a
+    missing or damaged one is a packaging error and says so."""
+    try:
+        raw = json.loads(path.read_text())
+        base = float(raw["base"])
+        extra = {str(k): float(v) for k, v in dict(raw["extra"]).items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RuntimeError(
+            f"the worker's measured load weights at {path} are unreadable ({e}); restore the "
+            "file from the package or re-measure with `python -m bench.capacity`"
+        ) from e
+    if not 0.0 < base <= 1.0 or any(not 0.0 <= v <= 1.0 for v in extra.values()):
+        raise RuntimeError(f"{path}: weights must be fractions of the worker (0..1), got {raw}")
+    return CallWeights(base=base, extra=extra)
+
+
+MEASURED_WEIGHTS = load_weights()
 
 
 def load_dir(data_dir: Path) -> Path:

@@ -42,12 +42,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import importlib
+import json
 import multiprocessing as mp
 import os
 import platform
 import random
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -62,6 +64,8 @@ CALLER_LINES = (
     "Great, please send me the details by email.",
 )
 STAGGER_S = 3.0
+#: The machine counts as quiet (weights may be written) below this 1-minute load per core.
+QUIET_LOAD_PER_CORE = 0.5
 SIM_STT_TEXT = "hi I would like to know your pricing"
 CONFIGS: dict[str, dict[str, list[str]]] = {
     "cloud": {"stt": ["deepgram"], "llm": ["openai"], "tts": ["cartesia"]},
@@ -188,6 +192,7 @@ def _stock_session(settings: Any, vad: Any, closers: list[Any]) -> Any:
     from livekit.agents.stt import STT, StreamAdapter
     from livekit.agents.tts import TTS
 
+    from agent.worker import turn_handling
     from plugins.catalog import definition_for
     from plugins.providers.definition import BuildContext
 
@@ -201,7 +206,8 @@ def _stock_session(settings: Any, vad: Any, closers: list[Any]) -> Any:
     assert isinstance(stt, STT) and isinstance(llm, LLM) and isinstance(tts, TTS)
     if not stt.capabilities.streaming:
         stt = StreamAdapter(stt=stt, vad=vad)
-    return AgentSession(stt=stt, llm=llm, tts=tts, vad=vad)
+    # LiveKit's own turn handling, as the worker asks for it (the same end-of-turn model)
+    return AgentSession(stt=stt, llm=llm, tts=tts, vad=vad, turn_handling=turn_handling(settings))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,24 +350,48 @@ def _max_memory(
 
 
 def _caller_audio(workdir: Path) -> dict[str, Any]:
+    """The caller's lines, voiced once here at the line's rate: a call process only plays them
+    (the load generator must not spend the CPU it measures)."""
+    from plugins.local.audio import resample
     from plugins.local.hibari_tts import HibariEngine
+    from plugins.sim.phone_line import DEFAULT_LINE_RATE
 
     engine = HibariEngine.shared()
     paths = {}
     for n, line in enumerate(CALLER_LINES):
         path = workdir / f"caller-{n}.npy"
-        np.save(path, engine.synthesize(line))
+        np.save(path, resample(engine.synthesize(line), engine.sample_rate, DEFAULT_LINE_RATE))
         paths[line] = str(path)
-    return {"audio": paths, "audio_rate": engine.sample_rate}
+    return {"audio": paths, "audio_rate": DEFAULT_LINE_RATE}
+
+
+def _memoised_voice(speak: Any) -> Any:
+    cache: dict[tuple[str, int, bool], Any] = {}
+    lock = threading.Lock()
+
+    def voiced(text: str, sample_rate: int, *, silent: bool = False) -> Any:
+        key = (text, sample_rate, silent)
+        with lock:
+            pcm = cache.get(key)
+        if pcm is None:
+            pcm = speak(text, sample_rate, silent=silent)
+            with lock:
+                cache[key] = pcm
+        return pcm
+
+    return voiced
 
 
 async def _simulators() -> tuple[dict[str, str], list[Any]]:
-    from plugins.sim import deepgram_sim
+    from plugins.sim import cartesia_sim, deepgram_sim
     from plugins.sim.cartesia_sim import CartesiaSimulator
     from plugins.sim.openai_sim import OpenAISimulator
 
-    # The provider's recogniser runs on the provider's machines, not the worker's.
+    # The provider's recogniser and voice run on the provider's machines, not the worker's: the
+    # Deepgram simulator answers with the caller's script, and the Cartesia simulator voices
+    # each distinct reply once (hibari) and replays it, so the simulators' own CPU stays small.
     deepgram_sim.transcribe = lambda pcm, sample_rate: SIM_STT_TEXT
+    cartesia_sim.speak = _memoised_voice(cartesia_sim.speak)
     sims: dict[str, Any] = {
         "deepgram": deepgram_sim.DeepgramSimulator(),
         "openai": OpenAISimulator(flavor="openai", token_interval_s=0.01),
@@ -381,9 +411,11 @@ async def search(
     ceiling: int,
     deadline: float,
     max_levels: int,
+    growth: float = 2.0,
 ) -> tuple[Level | None, list[Level]]:
-    """Largest N that holds: double from ``start`` until a level fails (or ``ceiling``), then
-    bisect between the last hold and the first failure; at most ``max_levels`` levels."""
+    """Largest N that holds: grow from ``start`` (x ``growth``) until a level fails (or
+    ``ceiling``), then bisect between the last hold and the first failure; at most
+    ``max_levels`` levels."""
     runs: list[Level] = []
     best: Level | None = None
     low, high = 0, None  # holds at low, fails at high
@@ -399,7 +431,7 @@ async def search(
         if high is None:
             if n >= ceiling:
                 break
-            n = min(n * 2, ceiling)
+            n = min(max(n + 1, round(n * growth)), ceiling)
         elif high - low > 1:
             n = (low + high) // 2 if low else max(1, high // 2)
             if n in (r.calls for r in runs):
@@ -452,6 +484,16 @@ class Outcome:
     stock_local: Level | None = None
     runs: list[Level] = field(default_factory=list)
     singles: list[Level] = field(default_factory=list)
+    load_before: float = 0.0  # 1-minute load average before the bench started anything
+
+    def weights(self) -> tuple[float, dict[str, float]] | None:
+        """``agent.load`` weights from this run, when both capacities were found."""
+        if self.cloud is None or self.local is None:
+            return None
+        cpu = {"cloud": _mean(self.cloud.cpu_share) or 0.0}
+        for level in self.singles:
+            cpu[level.config] = _mean(level.cpu_share) or 0.0
+        return weights_from({"cloud": self.cloud.calls, "local": self.local.calls}, cpu)
 
     def ratio(self, ours: Level | None, stock: Level | None) -> float | None:
         if ours is None or stock is None or not ours.p95 or not stock.p95:
@@ -474,7 +516,7 @@ async def bench(args: argparse.Namespace) -> tuple[str, Outcome]:
 
     started = time.monotonic()
     deadline = started + args.budget_s
-    out = Outcome()
+    out = Outcome(load_before=os.getloadavg()[0])
     with tempfile.TemporaryDirectory(prefix="capacity-") as tmp:
         workdir = Path(tmp)
         audio = _caller_audio(workdir)
@@ -492,12 +534,16 @@ async def bench(args: argparse.Namespace) -> tuple[str, Outcome]:
                 f"{time.monotonic() - started:.0f} s",
                 flush=True,
             )
-            levels = 3 if args.quick else 6
+            # one call of each kind first, not counted: the simulated voice learns the replies
+            # and the shared service has recognised and voiced once, as on a worker in service
+            for level in await runner.run([("cloud", 1), ("local", 1)]):
+                print(f"  warm-up {level.config}: p95={_fmt(level.p95)} s", flush=True)
+            levels, growth = (2, 1.5) if args.quick else (6, 2.0)
             # each search leaves time for the comparisons that follow it
             share = (deadline - time.monotonic()) / (2.6 if args.quick else 2.4)
             out.cloud, runs = await search(
                 runner, "cloud", args.bound_s, start=args.cloud_start, ceiling=args.max_calls,
-                deadline=time.monotonic() + share, max_levels=levels,
+                deadline=time.monotonic() + share, max_levels=levels, growth=growth,
             )  # fmt: skip
             out.runs += runs
             if out.cloud is not None:
@@ -506,10 +552,10 @@ async def bench(args: argparse.Namespace) -> tuple[str, Outcome]:
                 out.runs.append(out.stock)
             out.local, runs = await search(
                 runner, "local", args.bound_s, start=args.local_start, ceiling=args.max_calls,
-                deadline=time.monotonic() + share, max_levels=levels,
+                deadline=time.monotonic() + share, max_levels=levels, growth=growth,
             )  # fmt: skip
             out.runs += runs
-            if out.local is not None and time.monotonic() < deadline:
+            if out.local is not None and not args.quick and time.monotonic() < deadline:
                 [out.stock_local] = await runner.run([("stock-local", out.local.calls)])
                 _print_level(out.stock_local, args.bound_s)
                 out.runs.append(out.stock_local)
@@ -617,24 +663,25 @@ def _report(args: argparse.Namespace, out: Outcome, elapsed_s: float) -> str:
             f"{_fmt(level.memory()[0], 0)} | {level.load_avg:.1f} | "
             f"{'yes' if level.holds(args.bound_s) else 'no'} |"
         )
-    if out.cloud is not None and out.local is not None:
-        cpu = {"cloud": _mean(out.cloud.cpu_share) or 0.0}
-        for level in out.singles:
-            cpu[level.config] = _mean(level.cpu_share) or 0.0
-        base, extra = weights_from({"cloud": out.cloud.calls, "local": out.local.calls}, cpu)
+    weights = out.weights()
+    if weights is not None:
+        base, extra = weights
         lines += [
             "",
-            "Weights for `agent.load.MEASURED_WEIGHTS` (a call weighs 1/capacity, so the "
-            "projected load reaches 1.0 at the capacity above):",
+            "Weights for `agent.load` (`agent/measured_weights.json`; a call weighs 1/capacity, "
+            "so the projected load reaches 1.0 at the capacity above):",
             "",
             f"    base={base:.3f}  stt:local-stt={extra['stt:local-stt']:.3f}  "
             f"tts:local-tts={extra['tts:local-tts']:.3f}",
         ]
     lines += [
         "",
-        "The Deepgram simulator answered with the caller's script, since a real cloud STT "
-        "recognises on the provider's machines. The OpenAI and Cartesia simulators and the "
-        "shared speech service ran on the same 2 cores.",
+        "The Deepgram simulator answered with the caller's script and the Cartesia simulator "
+        "replayed each distinct reply after voicing it once, since a real cloud provider "
+        "recognises and speaks on its own machines; the simulators, the load generator and "
+        "the shared speech service ran on the same 2 cores. Response time is from the moment "
+        "the caller's last word was on the line (the line's own clock, so a call process too "
+        "busy to read its audio in time is charged for it) to the first agent audio.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -654,19 +701,64 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer levels; under 5 minutes")
     parser.add_argument("--bound-s", type=float, default=1.5, help="p95 response time bound")
     parser.add_argument("--max-calls", type=int, default=96, help="never try more calls")
-    parser.add_argument("--cloud-start", type=int, default=12)
-    parser.add_argument("--local-start", type=int, default=6)
+    parser.add_argument(
+        "--cloud-start", type=int, default=None, help="first N (default: 24 quick, 12 full)"
+    )
+    parser.add_argument(
+        "--local-start", type=int, default=None, help="first N (default: 8 quick, 4 full)"
+    )
     parser.add_argument("--budget-s", type=float, default=None, help="start no level after")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.budget_s is None:
-        args.budget_s = 210.0 if args.quick else 900.0
+        args.budget_s = 240.0 if args.quick else 900.0
+    # quick: start at the goals (24 cloud calls, 8 local ones) and take one step from there
+    if args.cloud_start is None:
+        args.cloud_start = 24 if args.quick else 12
+    if args.local_start is None:
+        args.local_start = 8 if args.quick else 4
     report, out = asyncio.run(bench(args))
     print(report)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(report)
+        RESULTS.write_text(report + "\n" + summary_line(out) + "\n")
+        print(write_weights(out, quick=args.quick))
     print(summary_line(out))
+
+
+def write_weights(out: Outcome, *, quick: bool, path: Path | None = None) -> str:
+    """Update ``agent/measured_weights.json`` from this run, only when it measured both
+    capacities on a machine that was quiet when it started (a busy machine's capacity would
+    make the worker refuse calls it can carry). Keys not measured here keep their values."""
+    from agent.load import WEIGHTS_FILE
+
+    target = path or WEIGHTS_FILE
+    weights = out.weights()
+    if weights is None:
+        return f"load weights not written: a capacity was not found ({target} unchanged)"
+    cores = os.cpu_count() or 1
+    if out.load_before > QUIET_LOAD_PER_CORE * cores:
+        return (
+            f"load weights not written: the machine was busy before the bench started (load "
+            f"average {out.load_before:.1f} on {cores} cores); re-run on a quiet machine"
+        )
+    base, extra = weights
+    current = json.loads(target.read_text()) if target.exists() else {"extra": {}}
+    merged = {**current.get("extra", {}), **{k: round(v, 4) for k, v in extra.items()}}
+    assert out.cloud is not None and out.local is not None
+    record = {
+        "base": round(base, 4),
+        "extra": merged,
+        "measured": (
+            f"bench.capacity{' --quick' if quick else ''} on {time.strftime('%Y-%m-%d')}: "
+            f"{out.cloud.calls} cloud calls, {out.local.calls} local calls within the bound; "
+            f"load average {out.load_before:.1f} before the run, {cores} cores"
+        ),
+    }
+    target.write_text(json.dumps(record, indent=2) + "\n")
+    return f"load weights written to {target}: base={base:.3f} " + " ".join(
+        f"{k}={v:.3f}" for k, v in sorted(merged.items())
+    )
 
 
 if __name__ == "__main__":

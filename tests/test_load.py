@@ -21,6 +21,7 @@ from agent.load import (
     JobLoadReporter,
     WorkerLoad,
     load_dir,
+    load_weights,
     projected_load,
     running_calls,
 )
@@ -142,3 +143,30 @@ async def test_a_call_that_falls_back_reports_its_new_provider(
         await chains.aclose()
         await store.aclose()
     assert not reporter.path.exists()
+
+
+def test_measured_weights_come_from_the_file_the_capacity_bench_writes(tmp_path: Path) -> None:
+    from bench.capacity import Level, Outcome, write_weights
+
+    target = tmp_path / "weights.json"
+    target.write_text(json.dumps({"base": 0.1, "extra": {"stt:free-stt": 0.2}}))
+    cloud, local = Level("cloud", 20, cpu_share=[0.02]), Level("local", 5, cpu_share=[0.08])
+    singles = [
+        Level("local-stt", 2, cpu_share=[0.05]),
+        Level("local-tts", 2, cpu_share=[0.03]),
+    ]
+    busy = Outcome(cloud=cloud, local=local, singles=singles, load_before=9.0)
+    assert "not written" in write_weights(busy, quick=True, path=target)
+    assert load_weights(target) == CallWeights(base=0.1, extra={"stt:free-stt": 0.2})
+    quiet = Outcome(cloud=cloud, local=local, singles=singles, load_before=0.1)
+    assert "written" in write_weights(quiet, quick=True, path=target)
+    weights = load_weights(target)
+    assert weights.base == pytest.approx(1 / 20)
+    # the local call's extra (1/5 - 1/20) split 3:1 by the CPU the single-slot runs added
+    assert weights.extra["stt:local-stt"] == pytest.approx(0.15 * 0.75, abs=1e-4)
+    assert weights.extra["tts:local-tts"] == pytest.approx(0.15 * 0.25, abs=1e-4)
+    assert weights.extra["stt:free-stt"] == 0.2  # not measured by the bench: kept
+    assert weights.weight({"stt": "local-stt", "tts": "local-tts"}) == pytest.approx(1 / 5)
+    target.write_text("{")
+    with pytest.raises(RuntimeError, match="unreadable"):
+        load_weights(target)
