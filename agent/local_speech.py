@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from agent.responder.sales_script import DEFAULT_AGENT_NAME
 from agent.sales_agent import COMPANY
 from agent.settings import Settings
 from plugins.catalog import CATALOG
@@ -19,13 +18,14 @@ from plugins.providers.local import LOCAL_STT
 from plugins.spec import ProviderSpec
 
 #: What our callers talk about, for local-stt's vocabulary prompt (``LOCAL_STT_PROMPT`` unset):
-#: the agent's company and name, the topics its FAQ answers (agent/responder/faq.toml) and the
-#: lead details it asks for. Whisper reads it as the conversation so far, so these words win
-#: close calls on a noisy phone line; it names topics, not sentences a caller must say.
+#: the company, the topics its FAQ answers (agent/responder/faq.toml) and the lead details the
+#: agent asks for. Whisper reads it as the conversation so far, so these words win close calls
+#: on a noisy phone line. It names topics, not sentences, and no people: a name in the prompt
+#: (the agent's, or "the caller") turns up in transcripts of speech Whisper cannot make out.
 DOMAIN_PROMPT = (
-    f"A sales call with {DEFAULT_AGENT_NAME} from {COMPANY}. The caller asks about pricing, "
-    "plans, the free trial, a demo, integrations with their CRM and calendar, contracts and "
-    "opening hours, and gives their name, phone number, email address and a time for a call back."
+    f"A phone call to {COMPANY} about pricing, plans, the free trial, a demo, integrations "
+    "with a CRM and calendar, contracts and opening hours, to leave a name, phone number, "
+    "email address and a time for a call back."
 )
 
 
