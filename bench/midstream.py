@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import itertools
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -196,6 +197,34 @@ async def hedge_case(*, hedge: bool, ours: bool) -> float | None:
 
 
 # -- TTS --------------------------------------------------------------------------------------
+async def tts_hedge_case(*, hedge: bool, ours: bool) -> float | None:
+    """Time to first audio when Cartesia is slow (1.5 s) after its p95 was learned."""
+    async with (
+        utils.http_context.open(),
+        CartesiaSimulator() as a,
+        ElevenLabsSimulator() as b,
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            store = _store(tmp)
+            specs = [
+                ProviderSpec("tts", "cartesia", base_url=a.base_url, api_key="sim-key"),
+                ProviderSpec("tts", "elevenlabs", base_url=b.base_url, api_key="sim-key"),
+            ]
+            chains = _chains(build_chains(specs, store, probes=False, hedge_requests=hedge), ours)
+            try:
+                for _ in range(6):  # learn the primary's first-audio latency
+                    await speak(chains.tts, "Hello there.", time.perf_counter)
+                a.state.plan.once(Fault(FaultType.SLOW_FIRST, delay_s=1.5))
+                started = time.perf_counter()
+                spoken = await speak(chains.tts, TEXT, time.perf_counter)
+            finally:
+                await chains.aclose()
+                await store.aclose()
+    if spoken.error is not None or not spoken.audible_times:
+        return None
+    return spoken.audible_times[0] - started
+
+
 async def tts_case(fault: Fault | None, *, ours: bool) -> tuple[Outcome, list[str]]:
     async with (
         utils.http_context.open(),
@@ -284,6 +313,7 @@ async def main_async(limit: float) -> str:
 
     SphinxEngine.shared()
     HibariEngine.shared().synthesize("warm up")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows: list[str] = []
 
     def row(case: str, expected: list[str], ours: Outcome, stock: Outcome) -> None:
@@ -332,6 +362,17 @@ async def main_async(limit: float) -> str:
         stock, _ = await timed(tts_case(fault, ours=False), limit)
         row(name, healthy_tts.got, ours, stock)
 
+    tts_hedged = await timed(tts_hedge_case(hedge=True, ours=True), limit)
+    tts_unhedged = await timed(tts_hedge_case(hedge=False, ours=True), limit)
+    tts_stock_first = await timed(tts_hedge_case(hedge=False, ours=False), limit)
+    line = (
+        f"| tts slow first audio (1.5 s), hedge_requests | first audio {fmt_ms(tts_hedged)} | "
+        f"first audio {fmt_ms(tts_stock_first)} | {ratio(tts_stock_first, tts_hedged)} | "
+        f"(ours without hedge: {fmt_ms(tts_unhedged)}) | | | |"
+    )
+    rows.append(line)
+    print(line, flush=True)
+
     frames = speech_frames(UTTERANCE)
     healthy_stt = await timed(stt_case(None, ours=True, frames=frames), limit)
     for name, fault in [
@@ -343,13 +384,15 @@ async def main_async(limit: float) -> str:
         row(name, healthy_stt.got, ours, stock)
 
     deadlines = ", ".join(
-        f"{slot} first {d.ceiling_s:g} s / stall {d.stall_s:g} s"
+        f"{slot} first {d.floor_s:g}-{d.ceiling_s:g} s / stall {d.stall_floor:g}-{d.stall_s:g} s"
         for slot, d in DEFAULT_DEADLINES.items()
     )
     header = (
         "# Mid-stream failover: ours vs LiveKit's stock FallbackAdapter\n\n"
         "Same plugins, simulators and guards in the same run; only the adapter differs.\n"
-        f"Default deadlines: {deadlines}.\n"
+        f"Default deadlines (learned from each provider, within these bounds): {deadlines}; "
+        f"STT endpoint window {DEFAULT_DEADLINES['stt'].endpoint_s:g} s until timed. "
+        f"Load average at the start: {load}.\n"
         "gap: longest silence the caller gets (LLM: between answer pieces; TTS: real-time "
         "playout underrun; STT: end of speech to final transcript). recover: failure to the "
         "next provider's first output (TTS: longest wait between audible frames as they "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -80,6 +81,7 @@ async def main_async(calls: int, handshake: float, lead: float) -> str:
     from plugins.local.hibari_tts import HibariEngine
 
     HibariEngine.shared().synthesize("warm up")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows: list[str] = []
     async with (
         utils.http_context.open(),
@@ -118,7 +120,7 @@ async def main_async(calls: int, handshake: float, lead: float) -> str:
         "TTS -> first audible frame. none: connections on first use; ours: our adapter's "
         "prewarm() (the member that will serve, read from the shared store); stock: LiveKit's "
         "tts.FallbackAdapter.prewarm() (member 0) over the same guarded members. "
-        "ratio: none / this way (median).\n\n"
+        f"ratio: none / this way (median). Load average at the start: {load} (2 cores).\n\n"
         "| primary | prewarm | calls ok | first audio p50 | p90 | none/this |\n"
         "|---|---|---|---|---|---|\n"
     )
