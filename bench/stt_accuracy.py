@@ -186,6 +186,7 @@ async def score_all(
 
 
 ADAPTERS = ("LiveKit StreamAdapter", "SpeculativeStreamAdapter (ours)")
+SPECULATION: dict[str, str] = {}  # adapter -> what its speculation did in the latency runs
 
 
 async def end_of_speech_latency(
@@ -215,6 +216,12 @@ async def end_of_speech_latency(
     await asyncio.to_thread(WhisperEngine.shared, recogniser.options)  # loaded, as in a call
     results = [await _one_utterance(adapter, phone) for _ in range(repeats)]
     await adapter.aclose()
+    if isinstance(adapter, SpeculativeStreamAdapter):
+        s = adapter.stats
+        SPECULATION[adapter_name] = (
+            f"{s.started} speculations, {s.used} finals sent from one, {s.discarded} discarded "
+            f"(the caller spoke again), {s.at_end_of_speech} recognised at end of speech only"
+        )
     return [r for r in results if r is not None]
 
 
@@ -361,6 +368,7 @@ def report(
             "the caller speaks again. Recognition time grows with the machine's load (see the "
             "load average above).",
         ]
+        lines += [f"{name}: {text}." for name, text in SPECULATION.items()]
     return "\n".join(lines) + "\n"
 
 
