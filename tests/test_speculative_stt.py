@@ -36,6 +36,7 @@ class HeldSTT(stt.STT[Never]):
         if not hold_first:
             self.release.set()
         self.fail = fail
+        self.cancelled = 0
 
     async def _recognize_impl(
         self,
@@ -48,7 +49,11 @@ class HeldSTT(stt.STT[Never]):
         self.calls.append(frame.duration)
         n = len(self.calls)
         if n == 1:
-            await self.release.wait()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         if self.fail:
             raise APIError("recogniser down", retryable=False)
         return stt.SpeechEvent(
@@ -136,6 +141,7 @@ async def test_speech_resuming_before_the_result_discards_it(phrase: Int16Array,
     assert recogniser.calls[-1] >= 2 * phrase.size / RATE
     assert finals[0].alternatives[0].text == f"words{len(recogniser.calls)}"
     assert adapter.stats.discarded == 1
+    assert recogniser.cancelled == 1  # withdrawn, so a shared service can drop it unrun
     await stream.aclose()
 
 

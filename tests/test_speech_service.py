@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +114,58 @@ def test_one_service_serves_two_job_processes_at_once(
     served = SpeechClient(service.socket_path).ping()["served"]
     assert {r["pid"] for r in results} <= set(served)
     assert all(served[r["pid"]] == 2 for r in results)
+
+
+def test_a_withdrawn_request_is_dropped_unrun(
+    service: SpeechServiceSupervisor, caller_audio: np.ndarray
+) -> None:
+    """A speculation the caller spoke over is withdrawn (its socket shut down): if the service
+    has not started it, it never runs, and the next request is not kept waiting for it."""
+    import socket
+    import threading
+
+    busy, withdrawn = (
+        SpeechClient(service.socket_path, client_id="busy"),
+        SpeechClient(service.socket_path, client_id="speculating"),
+    )
+    probe = SpeechClient(service.socket_path, client_id="probe")
+    before = probe.ping()["withdrawn"]
+    long_call = np.tile(caller_audio, 4)  # keeps the one Whisper thread busy for a while
+    first = threading.Thread(
+        target=busy.transcribe, args=(long_call, PHONE_RATE), kwargs={"timeout_s": 60.0}
+    )
+    first.start()
+    assert _until(lambda: probe.ping()["running"]["transcribe"] == 1), "nothing ran"
+    sockets: list[socket.socket] = []
+    errors: list[Exception] = []
+
+    def speculate() -> None:
+        try:
+            withdrawn.transcribe(
+                caller_audio, PHONE_RATE, timeout_s=60.0, on_connect=sockets.append
+            )
+        except Exception as e:
+            errors.append(e)
+
+    second = threading.Thread(target=speculate)
+    second.start()
+    assert _until(lambda: probe.ping()["queued"]["transcribe"] == 1), "it was not queued"
+    sockets[0].shutdown(socket.SHUT_RDWR)  # the caller spoke again: withdraw it
+    second.join(10)
+    first.join(60)
+    state = probe.ping()
+    assert state["withdrawn"] == before + 1
+    assert "speculating" not in state["served"]
+    assert errors, "the withdrawn request did not end for its caller"
+
+
+def _until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)  # polling the service's own state, bounded by the deadline
+    return False
 
 
 async def test_sigkill_mid_call_leaves_the_caller_answered(

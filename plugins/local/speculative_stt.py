@@ -15,7 +15,8 @@ a pause; if the caller speaks again before it returns, the result is discarded a
 is recognised again at the next pause. Audio already covered by a sent final is not sent again:
 after a pause whose final was sent, the next final holds only the words spoken after it.
 
-A discarded speculation costs one extra recognition, so the chain uses this adapter only for
+A discarded speculation is cancelled (the shared speech service then drops it if it has not
+started it) but may still cost one extra recognition, so the chain uses this adapter only for
 local recognisers (free to call again); a paid batch STT keeps LiveKit's plain adapter. Only the
 public contract is used: ``VAD.stream()`` events (``raw_accumulated_silence``, ``frames``,
 ``speaking``) and ``STT.recognize()``; a VAD that does not report
@@ -185,6 +186,7 @@ class SpeculativeStream(stt.RecognizeStream):
             utterance.speculation = None
             if utterance.sent_upto < spec.end_sample:  # not used (a used one sent its final)
                 self._stats.discarded += 1
+                spec.task.cancel()  # a recogniser that can withdraw a queued request does
             spec.task.add_done_callback(_retrieve)
             return
         if spec is None and silence >= self._adapter.speculate_after_s:

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,10 +38,19 @@ class SpeechClient:
         self.client_id = client_id or f"pid-{os.getpid()}"
 
     def request(
-        self, header: dict[str, Any], payload: bytes = b"", *, timeout_s: float
+        self,
+        header: dict[str, Any],
+        payload: bytes = b"",
+        *,
+        timeout_s: float,
+        on_connect: Callable[[socket.socket], None] | None = None,
     ) -> tuple[dict[str, Any], bytes]:
+        """One request. ``on_connect`` receives the socket: shutting it down (from any thread)
+        withdraws the request; the service drops it unrun if it has not started it."""
         deadline = time.monotonic() + timeout_s
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if on_connect is not None:
+            on_connect(sock)
         try:
             sock.settimeout(min(CONNECT_TIMEOUT_S, timeout_s))
             try:
@@ -71,10 +81,20 @@ class SpeechClient:
             )
         return reply, data
 
-    def transcribe(self, pcm: Int16Array, sample_rate: int, *, timeout_s: float = 10.0) -> str:
+    def transcribe(
+        self,
+        pcm: Int16Array,
+        sample_rate: int,
+        *,
+        timeout_s: float = 10.0,
+        on_connect: Callable[[socket.socket], None] | None = None,
+    ) -> str:
         require_mono_int16(pcm)
         reply, _ = self.request(
-            {"op": "transcribe", "sample_rate": sample_rate}, pcm.tobytes(), timeout_s=timeout_s
+            {"op": "transcribe", "sample_rate": sample_rate},
+            pcm.tobytes(),
+            timeout_s=timeout_s,
+            on_connect=on_connect,
         )
         return str(reply.get("text", ""))
 

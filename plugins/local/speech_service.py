@@ -23,6 +23,7 @@ import argparse
 import collections
 import contextlib
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -43,6 +44,8 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 MAX_PENDING_PER_CLIENT = 8
+#: How often a waiting request checks that its caller is still there.
+WITHDRAW_POLL_S = 0.05
 MODELS = ("stt", "tts")
 
 
@@ -107,6 +110,7 @@ class Job:
     client: str
     expires_at: float
     done: threading.Event = field(default_factory=threading.Event)
+    withdrawn: bool = False  # the caller hung up before it ran: drop it unrun
     reply: dict[str, Any] = field(default_factory=dict)
     data: bytes = b""
 
@@ -126,6 +130,7 @@ class SpeechService:
         self.running: collections.Counter[str] = collections.Counter()  # per op, now
         self.refused = 0
         self.expired = 0
+        self.withdrawn = 0
         if "stt" in models:
             from plugins.local.whisper_stt import WhisperEngine, WhisperOptions
 
@@ -157,7 +162,13 @@ class SpeechService:
                 target=self._work, args=(op, queue), name=f"speech-{op}", daemon=True
             ).start()
 
-    def handle(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+    def handle(
+        self,
+        header: dict[str, Any],
+        payload: bytes,
+        peer_gone: Callable[[], bool] = lambda: False,
+    ) -> tuple[dict[str, Any], bytes]:
+        """Serve one request; ``peer_gone`` says whether its caller has hung up meanwhile."""
         op = str(header.get("op", ""))
         if op == "ping":
             return self.state(), b""
@@ -175,8 +186,13 @@ class SpeechService:
         if not queue.put(job.client, job):
             self.refused += 1
             return {"ok": False, "error": f"busy: {MAX_PENDING_PER_CLIENT} requests waiting"}, b""
-        if not job.done.wait(timeout_s):
-            return {"ok": False, "error": f"not served within {timeout_s:.1f} s"}, b""
+        waited_until = time.monotonic() + timeout_s
+        while not job.done.wait(min(WITHDRAW_POLL_S, max(waited_until - time.monotonic(), 0))):
+            if time.monotonic() >= waited_until:
+                return {"ok": False, "error": f"not served within {timeout_s:.1f} s"}, b""
+            if peer_gone():
+                job.withdrawn = True  # if it is still queued, the worker drops it
+                return {"ok": False, "error": "withdrawn by the caller"}, b""
         return job.reply, job.data
 
     def _work(self, op: str, queue: FairQueue[Job]) -> None:
@@ -184,6 +200,9 @@ class SpeechService:
         while (job := queue.get()) is not None:
             if time.monotonic() > job.expires_at:
                 self.expired += 1  # its caller has already fallen back
+                continue
+            if job.withdrawn:
+                self.withdrawn += 1  # its caller no longer wants it
                 continue
             self.running[op] += 1
             try:
@@ -207,6 +226,7 @@ class SpeechService:
             "running": {op: self.running[op] for op in self._queues},
             "refused": self.refused,
             "expired": self.expired,
+            "withdrawn": self.withdrawn,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
 
@@ -219,7 +239,7 @@ def serve(service: SpeechService, socket_path: str) -> socketserver.UnixStreamSe
             sock: socket.socket = self.request
             try:
                 header, payload = recv_message(sock)
-                reply, data = service.handle(header, payload)
+                reply, data = service.handle(header, payload, lambda: _hung_up(sock))
                 send_message(sock, reply, data)
             except (ConnectionError, OSError):
                 pass  # the caller went away; it has fallen back already
@@ -231,6 +251,15 @@ def serve(service: SpeechService, socket_path: str) -> socketserver.UnixStreamSe
     server.daemon_threads = True
     os.chmod(socket_path, 0o600)
     return server
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the caller closed its end (it sends nothing after its one request)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -15,7 +15,9 @@ the shared local speech service (:mod:`plugins.local.speech_service`); elsewhere
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -280,12 +282,14 @@ class WhisperSTT(stt.STT[Never]):
                 target=WhisperEngine.shared, args=(self._options,), daemon=True
             ).start()
 
-    def _transcribe_blocking(self, pcm: Int16Array, rate: int, timeout_s: float) -> str:
+    def _transcribe_blocking(
+        self, pcm: Int16Array, rate: int, timeout_s: float, sockets: list[socket.socket]
+    ) -> str:
         from plugins.local.speech_client import service_client
 
         client = service_client()
         if client is not None:
-            return client.transcribe(pcm, rate, timeout_s=timeout_s)
+            return client.transcribe(pcm, rate, timeout_s=timeout_s, on_connect=sockets.append)
         return WhisperEngine.shared(self._options).transcribe(pcm, rate)
 
     async def _recognize_impl(
@@ -299,8 +303,16 @@ class WhisperSTT(stt.STT[Never]):
             raise ValueError(f"local-stt is English only; got language {language!r}")
         pcm, rate = buffer_to_mono(buffer)
         timeout_s = max(conn_options.timeout, 1.0)
+        sockets: list[socket.socket] = []
         try:
-            text = await asyncio.to_thread(self._transcribe_blocking, pcm, rate, timeout_s)
+            text = await asyncio.to_thread(self._transcribe_blocking, pcm, rate, timeout_s, sockets)
+        except asyncio.CancelledError:
+            # nobody wants this transcript any more (a speculation the caller spoke over, a
+            # closed stream): withdraw it, so the shared service does not run it for nothing
+            for sock in sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            raise
         except (TypeError, ValueError):
             raise
         except Exception as e:
