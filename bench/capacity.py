@@ -252,7 +252,17 @@ class Level:
 class Runner:
     """Forks one job process per call from a preloaded forkserver, as LiveKit does."""
 
-    def __init__(self, urls: dict[str, str], audio: dict[str, Any], workdir: Path) -> None:
+    def __init__(
+        self,
+        urls: dict[str, str],
+        audio: dict[str, Any],
+        workdir: Path,
+        *,
+        ready_timeout_s: float = 240.0,
+        call_timeout_s: float = 240.0,
+    ) -> None:
+        self._ready_timeout_s = ready_timeout_s  # a call process loading what prewarm loads
+        self._call_timeout_s = call_timeout_s  # one call, greeting to goodbye
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload(PRELOAD)
         self._urls = urls
@@ -295,7 +305,9 @@ class Runner:
                 proc.start()
                 child_end.close()
                 procs.append((proc, parent_end, level))
-        ready = await asyncio.gather(*(self._recv(conn, 240) for _, conn, _ in procs))
+        ready = await asyncio.gather(
+            *(self._recv(conn, self._ready_timeout_s) for _, conn, _ in procs)
+        )
         go = []
         for (proc, conn, level), (kind, detail) in zip(procs, ready, strict=True):
             if kind != "ready":
@@ -304,7 +316,7 @@ class Runner:
             conn.send("go")
             go.append((proc, conn, level))
         service_peak: tuple[float, float] | None = None
-        results = asyncio.gather(*(self._recv(conn, 240) for _, conn, _ in go))
+        results = asyncio.gather(*(self._recv(conn, self._call_timeout_s) for _, conn, _ in go))
         while not results.done():
             service_peak = _max_memory(service_peak, self._service_memory())
             await asyncio.sleep(1.0)
@@ -523,7 +535,12 @@ async def bench(args: argparse.Namespace) -> tuple[str, Outcome]:
         urls, sims = await _simulators()
         speech = SpeechServiceSupervisor(str(workdir / "speech.sock"))
         speech.start()  # exports the socket path before the forkserver starts, as the worker does
-        runner = Runner(urls, audio, workdir)
+        # quick: a level that cannot even start or finish its calls in time has failed; waiting
+        # longer would only break the 5-minute promise
+        timeouts = (60.0, 90.0) if args.quick else (240.0, 240.0)
+        runner = Runner(
+            urls, audio, workdir, ready_timeout_s=timeouts[0], call_timeout_s=timeouts[1]
+        )
         try:
             if not await asyncio.to_thread(speech.wait_ready, 180):
                 raise RuntimeError("the shared speech service did not start")
@@ -717,7 +734,11 @@ def main() -> None:
         args.cloud_start = 24 if args.quick else 12
     if args.local_start is None:
         args.local_start = 8 if args.quick else 4
-    report, out = asyncio.run(bench(args))
+    try:
+        report, out = asyncio.run(bench(args))
+    except Exception as e:  # the one summary line is still the last line, with the reason
+        print(f"capacity: cloud=0 local=0 uss_mb=- stock_p95_ratio=- error={type(e).__name__}: {e}")
+        raise SystemExit(1) from e
     print(report)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
