@@ -34,6 +34,7 @@ from plugins.resilience.guard import Guard
 from plugins.resilience.guard_llm import GuardedLLM
 from plugins.resilience.guard_stt import GuardedSTT
 from plugins.resilience.guard_tts import GuardedTTS
+from plugins.resilience.headroom import Headroom
 from plugins.resilience.phrases import vocabulary
 from plugins.resilience.probes import Prober
 from plugins.resilience.response_tap import ResponseTap
@@ -187,7 +188,6 @@ def build_chains(
                 order[slot].append(spec.key)
                 placed[slot].append(spec)
                 continue
-            tap.on_headroom.append(functools.partial(board.observe, spec.key))
             guard = Guard(
                 spec.key,
                 store,
@@ -199,6 +199,7 @@ def build_chains(
                 price_per_unit_usd=_price(entry, spec),
                 words=vocabulary(entry.errors),
             )
+            tap.on_headroom.append(functools.partial(_report_headroom, guard))
             guarded = _wrap(entry, plugin, guard)
             guards[spec.key] = guarded
             probers[spec.key] = Prober(guard, guarded.probe, clock=clock, auto=probes)
@@ -275,6 +276,11 @@ def build_chains(
         board=board,
         balancers=balancers,
     )
+
+
+def _report_headroom(guard: Guard, readings: list[Headroom]) -> None:
+    """A response's rate-limit readings, to the guard's observers (the board, the metrics)."""
+    guard.notify(lambda o: o.on_headroom(guard.key, readings))
 
 
 def tiers_of(specs: Sequence[ProviderSpec]) -> list[int]:

@@ -229,15 +229,31 @@ async def test_each_key_has_its_own_breaker_and_a_429_on_one_leaves_the_other_se
 # -- part 2: weights and headroom ---------------------------------------------------------
 
 
-async def test_traffic_follows_the_weights(http: None, shared: DocumentStore) -> None:
-    async with OpenAISimulator() as sim:
-        chains = build_chains(pool(sim.base_url, weights=(3, 1)), shared, probes=False)
+async def test_traffic_follows_the_weights_and_metrics_show_each_members_headroom(
+    http: None, shared: DocumentStore
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from plugins.observability.metrics import PrometheusObserver
+
+    limiter = KeyRateLimiter(requests=1000, window_s=3600)  # refills too slowly to matter
+    async with OpenAISimulator(rate_limit=limiter) as sim:
+        chains = build_chains(
+            pool(sim.base_url, weights=(3, 1)),
+            shared,
+            probes=False,
+            observers=[PrometheusObserver()],
+        )
         try:
             for _ in range(12):
                 assert await ask(chains.llm)
         finally:
             await chains.aclose()
     assert served(sim) == {"key1": 9, "key2": 3}
+    for member, spent in (("openai#1", 9), ("openai#2", 3)):
+        labels = {"slot": "llm", "provider": member, "dimension": "requests"}
+        share = REGISTRY.get_sample_value("voice_provider_headroom_ratio", labels)
+        assert share == pytest.approx((1000 - spent) / 1000, abs=0.002), member
 
 
 async def test_a_key_near_its_limit_is_passed_over_before_it_answers_429(

@@ -122,6 +122,9 @@ class HeadroomBoard(GuardObserver):
         if self.store is not None:
             self._write(key, list(readings))
 
+    def on_headroom(self, key: str, readings: list[Headroom]) -> None:
+        self.observe(key, readings)
+
     def picked(self, key: str) -> None:
         """The balancer put ``key`` first for a request: count the send now, before its guard
         admits it, so concurrent requests deciding meanwhile see it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from plugins.resilience.headroom import Headroom
 from plugins.resilience.types import Admission, BreakerState, Failure, GuardObserver
 
 REQUESTS = Counter(
@@ -53,6 +54,13 @@ USAGE = Counter(
     ["slot", "provider", "unit"],
 )
 COST = Counter("voice_provider_cost_usd_total", "Estimated spend", ["slot", "provider"])
+HEADROOM = Gauge(
+    "voice_provider_headroom_ratio",
+    "Share of the provider's rate limit left at its last answer, by dimension (requests, "
+    "tokens), as its rate-limit headers said",
+    ["slot", "provider", "dimension"],
+    multiprocess_mode="mostrecent",
+)
 HEALTH_STORE_UP = Gauge(
     "voice_health_store_up",
     "1 while this process uses the shared health store, 0 while it decides from its own "
@@ -103,6 +111,13 @@ class PrometheusObserver(GuardObserver):
     def on_cost(self, key: str, usd: float) -> None:
         slot, provider = _labels(key)
         COST.labels(slot, provider).inc(usd)
+
+    def on_headroom(self, key: str, readings: list[Headroom]) -> None:
+        slot, provider = _labels(key)
+        for reading in readings:
+            HEADROOM.labels(slot, provider, reading.dimension).set(
+                reading.remaining / reading.limit
+            )
 
     def on_failover(self, slot: str, from_provider: str, to_provider: str) -> None:
         FAILOVERS.labels(slot, from_provider, to_provider).inc()

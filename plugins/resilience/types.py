@@ -176,3 +176,6 @@ class GuardObserver:
 
     def on_cost(self, key: str, usd: float) -> None:
         """What that usage cost, at the catalog's (or the settings') price."""
+
+    def on_headroom(self, key: str, readings: list[Headroom]) -> None:
+        """The provider reported how much of its rate limit is left (an answer's headers)."""
