@@ -278,6 +278,20 @@ async def test_a_key_near_its_limit_is_passed_over_before_it_answers_429(
             await chains.aclose()
 
 
+def test_a_passed_over_member_comes_back_as_its_limit_refills() -> None:
+    clock = FakeClock(1000.0)
+    board = HeadroomBoard(clock=clock)
+    balancer = Balancer(["llm:x#1", "llm:x#2"], board=board, weights=[1, 1], clock=clock)
+    board.observe("llm:x#1", [Headroom("requests", 60, 0, observed_at=1000.0, full_at=1060.0)])
+    assert [balancer.order([0, 1])[0] for _ in range(4)] == [1, 1, 1, 1]  # #1 spent: passed over
+    clock.advance(30)  # half refilled: 30 left, above the 3 kept in reserve
+    assert not board.tight("llm:x#1")
+    picks = [balancer.order([0, 1])[0] for _ in range(60)]
+    # shared again by weight until #1's estimate (30 less what was sent since) nears its reserve
+    assert picks.count(0) == 28 and picks[:4] == [0, 1, 0, 1]
+    assert board.tight("llm:x#1") and board.spent_since("llm:x#1", 1000.0) == 28
+
+
 async def test_the_pool_shares_headroom_through_the_health_store(
     http: None, shared: DocumentStore
 ) -> None:

@@ -50,6 +50,9 @@ log = structlog.get_logger(__name__)
 
 Mode = Literal["weighted", "closest"]
 
+#: Requests remembered per member between two readings: far more than any limit's reserve.
+MAX_TRACKED_SENDS = 1024
+
 
 @dataclass(frozen=True)
 class BalanceSettings:
@@ -80,7 +83,9 @@ class BalanceSettings:
 @dataclass
 class _Member:
     readings: dict[str, Headroom] = field(default_factory=dict)
-    sends: deque[float] = field(default_factory=deque)  # wall times of requests sent
+    # wall times of requests sent since the oldest reading (bounded for members that report
+    # no readings at all, whose sends nothing ever prunes)
+    sends: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_TRACKED_SENDS))
     latency_s: float | None = None
     samples: int = 0
     measured_at: float = 0.0
@@ -315,7 +320,7 @@ class Balancer:
         return {self.keys[i]: self.weights[i] for i in tier}
 
     def _order(self, tier: Sequence[int], *, commit: bool) -> list[int]:
-        state = self._tiers.setdefault(tuple(tier), _TierState())
+        state = self._tiers.setdefault(tuple(sorted(tier)), _TierState())
         now = self._clock()
         if commit:
             self.board.refresh([self.keys[i] for i in tier])
