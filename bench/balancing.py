@@ -41,6 +41,7 @@ from typing import Any
 import structlog
 from livekit.agents import llm, utils
 
+from bench.publish import publish
 from plugins.catalog import definition_for
 from plugins.chain import build_chains
 from plugins.fallback.balance import BalanceSettings
@@ -286,10 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.minutes <= 0 or args.rate <= 0 or args.window <= 0:
         parser.error("--minutes, --rate and --window must be > 0")
     report = asyncio.run(main_async(args.minutes, args.rate, args.window, args.seed))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
-    print(report)
-    print(f"written to {RESULTS}")
+    publish(report, RESULTS)
     return 0
 
 

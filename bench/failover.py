@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 from livekit.agents import llm, tts, utils
 
+from bench.publish import publish
 from plugins.catalog import definition_for
 from plugins.chain import build_chains
 from plugins.local.scripted_llm import ScriptedLLM
@@ -408,10 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     report = asyncio.run(
         main_async(args.calls, args.limit, slots, args.samples, args.pace, sections)
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
-    print(report)
-    print(f"written to {RESULTS}")
+    publish(report, RESULTS)
     return 0
 
 

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from bench.midstream_support import (
     with_stock_adapters,
     words,
 )
+from bench.publish import publish
 from plugins.chain import build_chains
 from plugins.fallback.llm_adapter import LLMFallbackStream
 from plugins.fallback.stt_adapter import STTFallbackAdapter
@@ -197,57 +199,52 @@ async def hedge_case(*, hedge: bool, ours: bool) -> float | None:
 
 
 # -- TTS --------------------------------------------------------------------------------------
-async def tts_hedge_case(*, hedge: bool, ours: bool) -> float | None:
-    """Time to first audio when Cartesia is slow (1.5 s) after its p95 was learned."""
+@contextlib.asynccontextmanager
+async def _tts_chains(
+    *, ours: bool, hedge_requests: bool = False
+) -> AsyncIterator[tuple[Any, CartesiaSimulator]]:
+    """Cartesia then ElevenLabs, each on its simulator; yields the chains and Cartesia's."""
     async with (
         utils.http_context.open(),
-        CartesiaSimulator() as a,
-        ElevenLabsSimulator() as b,
+        CartesiaSimulator() as primary,
+        ElevenLabsSimulator() as backup,
     ):
         with tempfile.TemporaryDirectory() as tmp:
             store = _store(tmp)
             specs = [
-                ProviderSpec("tts", "cartesia", base_url=a.base_url, api_key="sim-key"),
-                ProviderSpec("tts", "elevenlabs", base_url=b.base_url, api_key="sim-key"),
+                ProviderSpec("tts", "cartesia", base_url=primary.base_url, api_key="sim-key"),
+                ProviderSpec("tts", "elevenlabs", base_url=backup.base_url, api_key="sim-key"),
             ]
-            chains = _chains(build_chains(specs, store, probes=False, hedge_requests=hedge), ours)
+            built = build_chains(specs, store, probes=False, hedge_requests=hedge_requests)
+            chains = _chains(built, ours)
             try:
-                for _ in range(6):  # learn the primary's first-audio latency
-                    await speak(chains.tts, "Hello there.", time.perf_counter)
-                a.state.plan.once(Fault(FaultType.SLOW_FIRST, delay_s=1.5))
-                started = time.perf_counter()
-                spoken = await speak(chains.tts, TEXT, time.perf_counter)
+                yield chains, primary
             finally:
                 await chains.aclose()
                 await store.aclose()
+
+
+async def tts_hedge_case(*, hedge: bool, ours: bool) -> float | None:
+    """Time to first audio when Cartesia is slow (1.5 s) after its p95 was learned."""
+    async with _tts_chains(ours=ours, hedge_requests=hedge) as (chains, primary):
+        for _ in range(6):  # learn the primary's first-audio latency
+            await speak(chains.tts, "Hello there.", time.perf_counter)
+        primary.state.plan.once(Fault(FaultType.SLOW_FIRST, delay_s=1.5))
+        started = time.perf_counter()
+        spoken = await speak(chains.tts, TEXT, time.perf_counter)
     if spoken.error is not None or not spoken.audible_times:
         return None
     return spoken.audible_times[0] - started
 
 
 async def tts_case(fault: Fault | None, *, ours: bool) -> tuple[Outcome, list[str]]:
-    async with (
-        utils.http_context.open(),
-        CartesiaSimulator() as a,
-        ElevenLabsSimulator() as b,
-    ):
-        with tempfile.TemporaryDirectory() as tmp:
-            store = _store(tmp)
-            specs = [
-                ProviderSpec("tts", "cartesia", base_url=a.base_url, api_key="sim-key"),
-                ProviderSpec("tts", "elevenlabs", base_url=b.base_url, api_key="sim-key"),
-            ]
-            chains = _chains(build_chains(specs, store, probes=False), ours)
-            try:
-                await speak(chains.tts, "Hello there.", time.perf_counter)  # warm
-                if fault is not None:
-                    # the same fault for both: the first request fails after some audio
-                    a.state.plan.once(fault)
-                arrivals: list[tuple[float, float, bool]] = []
-                spoken = await _speak_timed(chains.tts, arrivals)
-            finally:
-                await chains.aclose()
-                await store.aclose()
+    async with _tts_chains(ours=ours) as (chains, primary):
+        await speak(chains.tts, "Hello there.", time.perf_counter)  # warm
+        if fault is not None:
+            # the same fault for both: the first request fails after some audio
+            primary.state.plan.once(fault)
+        arrivals: list[tuple[float, float, bool]] = []
+        spoken = await _speak_timed(chains.tts, arrivals)
     heard = words(transcribe(spoken[0], spoken[1])) if spoken[0].size else []
     audible = [at for at, _, loud in arrivals if loud]
     recover = max((b - a for a, b in itertools.pairwise(audible)), default=None)
@@ -411,10 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     report = asyncio.run(main_async(args.limit))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
-    print(report)
-    print(f"written to {RESULTS}")
+    publish(report, RESULTS)
     return 0
 
 

@@ -35,6 +35,7 @@ import structlog
 from livekit.agents import utils
 
 from bench.midstream_support import speak, with_stock_adapters
+from bench.publish import publish
 from plugins.chain import build_chains
 from plugins.resilience.store import open_store
 from plugins.resilience.types import BreakerState
@@ -135,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     report = asyncio.run(main_async(args.calls, args.handshake, args.lead))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
-    print(report)
-    print(f"written to {RESULTS}")
+    publish(report, RESULTS)
     return 0
 
 
