@@ -14,7 +14,7 @@ SYSTEM := $(TOOLS)/.system-deps
 DEB_PACKAGES := libportaudio2 redis-server tmux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install console console-audio dev start test lint format typecheck bench simulate status doctor clean
+.PHONY: install console console-audio dev start test test-all lint format typecheck bench simulate status doctor clean
 
 install: $(SYNCED) $(SYSTEM)
 
@@ -51,8 +51,11 @@ dev: install
 start: install
 	$(PY) -m agent start
 
-test: install  ## The whole suite; CI runs exactly this
+test: install  ## The suite without the long end-to-end runs; CI runs exactly this
 	$(PY) -m pytest -q
+
+test-all: install  ## Everything, with the long end-to-end runs marked slow (about 3 more minutes)
+	$(PY) -m pytest -q -m ""
 
 lint: install
 	$(VENV)/bin/ruff check .

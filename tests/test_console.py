@@ -35,6 +35,7 @@ def _wait_for(session: str, needle: str, timeout_s: float) -> str:
     raise AssertionError(f"{needle!r} not seen within {timeout_s}s; last output:\n{text[-3000:]}")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_console_text_answers_with_no_keys(tmp_path: Path) -> None:
     session = f"console-{uuid.uuid4().hex[:8]}"

@@ -58,6 +58,7 @@ async def _wait_available(server: DispatchServer, worker_id: str) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio(loop_scope="module")
 async def test_worker_registers_and_reports_load(
     pool: tuple[DispatchServer, WorkerProcess, Path],
@@ -74,6 +75,7 @@ async def test_worker_registers_and_reports_load(
         assert 0.0 <= report.load <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio(loop_scope="module")
 async def test_worker_accepts_a_job_and_launches_it(
     pool: tuple[DispatchServer, WorkerProcess, Path],
@@ -99,6 +101,7 @@ async def test_worker_accepts_a_job_and_launches_it(
     assert worker.proc.poll() is None
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio(loop_scope="module")
 async def test_worker_refuses_jobs_at_the_load_threshold(
     pool: tuple[DispatchServer, WorkerProcess, Path],

@@ -100,6 +100,7 @@ async def _start_call(
     return registered, dispatch.job_id
 
 
+@pytest.mark.slow
 async def test_sigterm_mid_call_finishes_the_call_delivers_the_journal_and_exits_0(
     tmp_path: Path, ghl: GhlSimulator
 ) -> None:

@@ -70,6 +70,7 @@ async def all_paid_fail() -> CallReport:
     return await run("all-paid-fail", Settings(_env_file=None))  # type: ignore[call-arg]
 
 
+@pytest.mark.slow
 def test_all_paid_fail_moves_every_slot_to_the_free_providers(
     all_paid_fail: CallReport,
 ) -> None:
@@ -86,6 +87,7 @@ def test_all_paid_fail_moves_every_slot_to_the_free_providers(
     assert all(ok for _, ok in report.checks), report.checks
 
 
+@pytest.mark.slow
 def test_all_paid_fail_answers_every_caller_turn(all_paid_fail: CallReport) -> None:
     """The caller's first words reach the free recogniser even though Whisper fails on them."""
     assert_every_turn_answered(all_paid_fail)
@@ -113,6 +115,7 @@ def health_log_shown() -> Iterator[io.StringIO]:
     structlog.configure(**before_config)
 
 
+@pytest.mark.slow
 async def test_tts_quota_exceeded_moves_off_cartesia(
     settings: Settings, tmp_path: Path, health_log_shown: io.StringIO
 ) -> None:
@@ -157,6 +160,7 @@ async def test_tts_quota_exceeded_moves_off_cartesia(
         assert w.getnchannels() == 2 and w.getframerate() == rate
 
 
+@pytest.mark.slow
 async def test_normal_call_stays_on_the_primaries(settings: Settings) -> None:
     report = await run("normal", settings)
 

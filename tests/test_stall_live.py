@@ -85,6 +85,7 @@ async def _stream(
     return events, error
 
 
+@pytest.mark.slow
 async def test_interims_keep_coming_through_a_long_turn(
     sim: DeepgramSimulator, long_turn: np.ndarray
 ) -> None:
@@ -104,6 +105,7 @@ async def test_interims_keep_coming_through_a_long_turn(
     assert any("example" in f or "tomorrow" in f for f in finals), finals
 
 
+@pytest.mark.slow
 async def test_provider_without_interims_is_not_failed_during_a_long_turn(
     sim: DeepgramSimulator, store: DocumentStore, long_turn: np.ndarray
 ) -> None:
