@@ -357,6 +357,14 @@ async def main_async(
         "",
         *rows,
         "",
+        "TTS streams over Cartesia's WebSocket (one context per request; a handshake counts "
+        "only when it failed), which shapes two rows. Under 'reset', aiohttp itself re-sends a "
+        "failed handshake once (a GET is idempotent), so each handshake attempt reaches the "
+        "provider twice, stock's and ours alike. A 429 on an open socket comes in-band, without "
+        "Retry-After, as Cartesia sends it, so ours probes after the breaker's first open time "
+        "instead of waiting the 30 s a header would have said. Probe times are fully jittered: "
+        "how many fall inside the run's window varies between runs.",
+        "",
         f"A sequence of {SEQ_CALLS} calls, {SEQ_TURNS} turns each, one after the other, each "
         "call with its own chain (LiveKit runs each call in its own process); the primary is "
         "down throughout. Stock: every call starts knowing nothing and LiveKit's recovery "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Never
 
 import numpy as np
@@ -111,6 +112,21 @@ class GuardedTTS(GuardedPlugin, tts.TTS[Never]):
         finally:
             await pump.aclose()
             await stream.aclose()
+
+    async def attempt(
+        self, once: Callable[[], Awaitable[float | None]], *, heard: Callable[[], bool]
+    ) -> None:
+        """One guarded request of either stream kind: ``once`` under :meth:`Guard.run`, its
+        first-audio latency recorded on success. A connection that had carried audio and was
+        lost is re-dialled at once (a refused one is not), so the next sentence does not pay
+        the handshake; ``heard()`` says whether any audio came."""
+        try:
+            latency = await self.guard.run(once, delivered=heard)
+        except ClassifiedError as e:
+            if heard():
+                self.rewarm(e)
+            raise
+        self.guard.succeeded(latency)
 
 
 class _AudioWatch:
@@ -287,13 +303,7 @@ class GuardedChunkedStream(tts.ChunkedStream):
                     guard.usage(UNIT_TTS, float(len(self.input_text)))
             return watch.latency
 
-        try:
-            latency = await guard.run(once, delivered=lambda: heard)
-        except ClassifiedError as e:
-            if heard:  # a connection that worked was lost (a refused one is not re-dialled)
-                self._guarded.rewarm(e)
-            raise
-        guard.succeeded(latency)
+        await self._guarded.attempt(once, heard=lambda: heard)
 
 
 class GuardedSynthesizeStream(tts.SynthesizeStream):
@@ -376,10 +386,4 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
                     guard.usage(UNIT_TTS, float(chars))
             return watch.latency
 
-        try:
-            latency = await guard.run(once, delivered=lambda: heard)
-        except ClassifiedError as e:
-            if heard:  # a connection that worked was lost (a refused one is not re-dialled)
-                self._guarded.rewarm(e)
-            raise
-        guard.succeeded(latency)
+        await self._guarded.attempt(once, heard=lambda: heard)
