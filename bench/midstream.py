@@ -46,6 +46,8 @@ from bench.midstream_support import (
     speak,
     speech_frames,
     transcribe,
+    two_voices,
+    voice_specs,
     with_stock_adapters,
     words,
 )
@@ -59,7 +61,6 @@ from plugins.resilience.guard_tts import SILENCE_PEAK
 from plugins.resilience.store import StoreConfig, open_store
 from plugins.sim.cartesia_sim import CartesiaSimulator
 from plugins.sim.deepgram_sim import DeepgramSimulator
-from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
 from plugins.sim.faults import Fault, FaultType
 from plugins.sim.openai_sim import OpenAISimulator
 from plugins.spec import ProviderSpec
@@ -204,18 +205,13 @@ async def _tts_chains(
     *, ours: bool, hedge_requests: bool = False
 ) -> AsyncIterator[tuple[Any, CartesiaSimulator]]:
     """Cartesia then ElevenLabs, each on its simulator; yields the chains and Cartesia's."""
-    async with (
-        utils.http_context.open(),
-        CartesiaSimulator() as primary,
-        ElevenLabsSimulator() as backup,
-    ):
+    async with two_voices() as voices:
+        primary = voices[0]
         with tempfile.TemporaryDirectory() as tmp:
             store = _store(tmp)
-            specs = [
-                ProviderSpec("tts", "cartesia", base_url=primary.base_url, api_key="sim-key"),
-                ProviderSpec("tts", "elevenlabs", base_url=backup.base_url, api_key="sim-key"),
-            ]
-            built = build_chains(specs, store, probes=False, hedge_requests=hedge_requests)
+            built = build_chains(
+                voice_specs(voices), store, probes=False, hedge_requests=hedge_requests
+            )
             chains = _chains(built, ours)
             try:
                 yield chains, primary

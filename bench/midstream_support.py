@@ -9,16 +9,45 @@ mid-stream tests import it from here.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import llm, stt, tts
+from livekit.agents import llm, stt, tts, utils
+
+from plugins.sim.cartesia_sim import CartesiaSimulator
+from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
+from plugins.spec import ProviderSpec
+
+Voices = tuple[CartesiaSimulator, ElevenLabsSimulator]
 
 _WORD = re.compile(r"[a-z0-9']+")
+
+
+@contextlib.asynccontextmanager
+async def two_voices(*, connect_delay_s: float = 0.0) -> AsyncIterator[Voices]:
+    """Cartesia then ElevenLabs, each on its simulator, inside LiveKit's HTTP context: the
+    two WebSocket voices every TTS failover case speaks through."""
+    async with (
+        utils.http_context.open(),
+        CartesiaSimulator(connect_delay_s=connect_delay_s) as primary,
+        ElevenLabsSimulator() as backup,
+    ):
+        yield primary, backup
+
+
+def voice_specs(voices: Voices) -> list[ProviderSpec]:
+    """The TTS chain over :func:`two_voices`, Cartesia first."""
+    primary, backup = voices
+    return [
+        ProviderSpec("tts", "cartesia", base_url=primary.base_url, api_key="sim-key"),
+        ProviderSpec("tts", "elevenlabs", base_url=backup.base_url, api_key="sim-key"),
+    ]
 
 
 def words(text: str) -> list[str]:

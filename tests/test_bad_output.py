@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from livekit.agents import utils
 
+from bench.midstream_support import two_voices, voice_specs
 from plugins.chain import Chains, build_chains
 from plugins.resilience.classify import MAX_EVIDENCE_CHARS
 from plugins.resilience.deadlines import DeadlineSettings
@@ -52,8 +52,8 @@ def warm_voice() -> None:
 
 @pytest.fixture
 async def voices(warm_voice: None) -> AsyncIterator[tuple[CartesiaSimulator, ElevenLabsSimulator]]:
-    async with utils.http_context.open(), CartesiaSimulator() as a, ElevenLabsSimulator() as b:
-        yield a, b
+    async with two_voices() as voices:
+        yield voices
 
 
 @pytest.fixture
@@ -68,11 +68,7 @@ def tts_chain(
     store: DocumentStore,
     observer: RecordingObserver,
 ) -> Chains:
-    a, b = voices
-    specs = [
-        ProviderSpec("tts", "cartesia", base_url=a.base_url, api_key="sim-key"),
-        ProviderSpec("tts", "elevenlabs", base_url=b.base_url, api_key="sim-key"),
-    ]
+    specs = voice_specs(voices)
     return build_chains(specs, store, deadlines=DEADLINES, probes=False, observers=[observer])
 
 

@@ -7,9 +7,16 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from livekit.agents import tokenize, utils
+from livekit.agents import tokenize
 
-from bench.midstream_support import speak, transcribe, with_stock_adapters, words
+from bench.midstream_support import (
+    speak,
+    transcribe,
+    two_voices,
+    voice_specs,
+    with_stock_adapters,
+    words,
+)
 from plugins.chain import Chains, build_chains
 from plugins.fallback import TTSFallbackAdapter
 from plugins.resilience.deadlines import DeadlineSettings
@@ -18,7 +25,6 @@ from plugins.sim.cartesia_sim import CartesiaSimulator
 from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
 from plugins.sim.faults import Fault, FaultType
 from plugins.sim.tts_audio import speak as speak_pcm
-from plugins.spec import ProviderSpec
 from tests.guard_fixtures import FakeClock, RecordingObserver, clock, store
 
 __all__ = ["clock", "store"]
@@ -42,8 +48,8 @@ def warm() -> None:
 
 @pytest.fixture
 async def sims(warm: None) -> AsyncIterator[tuple[CartesiaSimulator, ElevenLabsSimulator]]:
-    async with utils.http_context.open(), CartesiaSimulator() as a, ElevenLabsSimulator() as b:
-        yield a, b
+    async with two_voices() as voices:
+        yield voices
 
 
 def _chains(
@@ -54,11 +60,7 @@ def _chains(
     *,
     midstream: bool = True,
 ) -> Chains:
-    a, b = sims
-    specs = [
-        ProviderSpec("tts", "cartesia", base_url=a.base_url, api_key="sim-key"),
-        ProviderSpec("tts", "elevenlabs", base_url=b.base_url, api_key="sim-key"),
-    ]
+    specs = voice_specs(sims)
     chains = build_chains(
         specs,
         store,

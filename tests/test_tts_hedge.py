@@ -12,15 +12,13 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from livekit.agents import utils
 
-from bench.midstream_support import speak, transcribe, words
+from bench.midstream_support import speak, transcribe, two_voices, voice_specs, words
 from plugins.chain import Chains, build_chains
 from plugins.resilience.store import DocumentStore
 from plugins.sim.cartesia_sim import CartesiaSimulator
 from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
 from plugins.sim.faults import Fault, FaultType
-from plugins.spec import ProviderSpec
 from tests.guard_fixtures import FakeClock, RecordingObserver, clock, store
 
 __all__ = ["clock", "store"]
@@ -35,8 +33,8 @@ async def sims() -> AsyncIterator[tuple[CartesiaSimulator, ElevenLabsSimulator]]
 
     HibariEngine.shared().synthesize("warm up")
     SphinxEngine.shared()
-    async with utils.http_context.open(), CartesiaSimulator() as a, ElevenLabsSimulator() as b:
-        yield a, b
+    async with two_voices() as voices:
+        yield voices
 
 
 def _chains(
@@ -47,11 +45,7 @@ def _chains(
     *,
     hedge: bool,
 ) -> Chains:
-    a, b = sims
-    specs = [
-        ProviderSpec("tts", "cartesia", base_url=a.base_url, api_key="sim-key"),
-        ProviderSpec("tts", "elevenlabs", base_url=b.base_url, api_key="sim-key"),
-    ]
+    specs = voice_specs(sims)
     return build_chains(
         specs, store, clock=clock, probes=False, observers=[observer], hedge_requests=hedge
     )

@@ -13,16 +13,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from livekit.agents import utils
 
-from bench.midstream_support import speak
+from bench.midstream_support import speak, two_voices, voice_specs
 from plugins.chain import Chains, build_chains
 from plugins.resilience.store import DocumentStore
 from plugins.resilience.types import BreakerState
 from plugins.sim.cartesia_sim import CartesiaSimulator
 from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
 from plugins.sim.faults import Fault, FaultType
-from plugins.spec import ProviderSpec
 from tests.guard_fixtures import FakeClock, clock, make_store
 
 __all__ = ["clock"]
@@ -35,12 +33,8 @@ async def sims() -> AsyncIterator[tuple[CartesiaSimulator, ElevenLabsSimulator]]
     from plugins.local.hibari_tts import HibariEngine
 
     HibariEngine.shared().synthesize("warm up")
-    async with (
-        utils.http_context.open(),
-        CartesiaSimulator(connect_delay_s=HANDSHAKE_S) as a,
-        ElevenLabsSimulator() as b,
-    ):
-        yield a, b
+    async with two_voices(connect_delay_s=HANDSHAKE_S) as voices:
+        yield voices
 
 
 @pytest.fixture
@@ -53,11 +47,7 @@ async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[DocumentStore
 def _chains(
     sims: tuple[CartesiaSimulator, ElevenLabsSimulator], store: DocumentStore, clock: FakeClock
 ) -> Chains:
-    a, b = sims
-    specs = [
-        ProviderSpec("tts", "cartesia", base_url=a.base_url, api_key="sim-key"),
-        ProviderSpec("tts", "elevenlabs", base_url=b.base_url, api_key="sim-key"),
-    ]
+    specs = voice_specs(sims)
     return build_chains(specs, store, clock=clock, probes=False)
 
 
