@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -315,9 +315,6 @@ class Balancer:
 
     def peek(self, tier: Sequence[int]) -> list[int]:
         return self._order(tier, commit=False)
-
-    def weights_of(self, tier: Sequence[int]) -> Mapping[str, float]:
-        return {self.keys[i]: self.weights[i] for i in tier}
 
     def _order(self, tier: Sequence[int], *, commit: bool) -> list[int]:
         state = self._tiers.setdefault(tuple(sorted(tier)), _TierState())

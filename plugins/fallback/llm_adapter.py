@@ -445,8 +445,3 @@ async def _first(attempt: _Attempt) -> list[ChatChunk]:
 
 def _without(prefill: Prefill, member: llm.LLM[Any]) -> Prefill:
     return lambda m: False if m is member else prefill(m)
-
-
-def member_prefill(names: Sequence[str]) -> Prefill:
-    """A ``prefill`` predicate: members whose label mentions one of ``names`` continue."""
-    return lambda m: any(n in m.label for n in names)

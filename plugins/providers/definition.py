@@ -165,10 +165,6 @@ class Provider:
         return self.model.default if self.model else None
 
     @property
-    def default_voice(self) -> str | None:
-        return self.voice.default if self.voice else None
-
-    @property
     def key_hint(self) -> str:
         """The setting that enables it, for the one "skipped" log line."""
         return self.key_help or (self.api_key.env if self.api_key else "")

@@ -170,15 +170,6 @@ class CartesiaSimulator(HttpSimulator):
                 return False
         return True
 
-    async def drop_connections(self) -> int:
-        """Close every open WebSocket from the server's side (an idle timeout, a deploy)."""
-        dropped = 0
-        for ws in list(self._sockets):
-            with contextlib.suppress(Exception):
-                await ws.close(code=1001, message=b"going away")
-                dropped += 1
-        return dropped
-
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/tts/websocket", self._websocket)
         app.router.add_post("/tts/bytes", self._bytes)
