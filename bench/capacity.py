@@ -89,6 +89,15 @@ PRELOAD = [
     "livekit.agents.ipc._preload_freeze",
 ]
 STAGES = ("forked", "vad", "models", "call")
+#: LiveKit's own per-turn metrics (``ChatMessage.metrics``), read off each committed message:
+#: where a response's time goes, the same way for ours and for stock.
+PARTS = {
+    "end_of_turn_delay": "end of turn",
+    "transcription_delay": "transcript",
+    "llm_node_ttft": "LLM first token",
+    "tts_node_ttfb": "TTS first audio",
+    "e2e_latency": "LiveKit e2e",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +178,15 @@ async def _one_call(
         closers.append(chains.aclose)
     latencies: list[float] = []
     unanswered = 0
+    parts: dict[str, list[float]] = {name: [] for name in PARTS}
+
+    def on_item(ev: Any) -> None:
+        metrics = getattr(ev.item, "metrics", None) or {}
+        for name in PARTS:
+            if isinstance(metrics.get(name), int | float):
+                parts[name].append(float(metrics[name]))
+
+    session.on("conversation_item_added", on_item)
     async with PhoneLine(session, SalesAgent(greeting="Hi, this is Alex."), voice=voice) as line:
         await line.listen()
         for text in CALLER_LINES:
@@ -180,7 +198,13 @@ async def _one_call(
     for close in closers:
         await close()
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-    return {"latencies": latencies, "unanswered": unanswered, "cpu_s": cpu, "wall_s": wall}
+    return {
+        "latencies": latencies,
+        "unanswered": unanswered,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "parts": parts,
+    }
 
 
 def _stock_session(settings: Any, vad: Any, closers: list[Any]) -> Any:
@@ -226,6 +250,7 @@ class Level:
     service_mb: tuple[float, float] | None = None  # shared speech service (USS, RSS)
     failed: list[str] = field(default_factory=list)
     load_avg: float = 0.0
+    parts: dict[str, list[float]] = field(default_factory=dict)  # PARTS, every turn
 
     @property
     def p95(self) -> float | None:
@@ -328,6 +353,8 @@ class Runner:
                 level.unanswered += detail["unanswered"]
                 level.cpu_share.append(detail["cpu_s"] / detail["wall_s"] / (os.cpu_count() or 1))
                 level.stages.append({k: tuple(v) for k, v in detail["stages"].items()})
+                for name, values in detail["parts"].items():
+                    level.parts.setdefault(name, []).extend(values)
         for proc, conn, _ in procs:
             conn.close()
             proc.join(10)
@@ -403,7 +430,7 @@ async def _simulators() -> tuple[dict[str, str], list[Any]]:
     # Deepgram simulator answers with the caller's script, and the Cartesia simulator voices
     # each distinct reply once (hibari) and replays it, so the simulators' own CPU stays small.
     deepgram_sim.transcribe = lambda pcm, sample_rate: SIM_STT_TEXT
-    cartesia_sim.speak = _memoised_voice(cartesia_sim.speak)
+    cartesia_sim.speak = _memoised_voice(cartesia_sim.speak)  # type: ignore[attr-defined]
     sims: dict[str, Any] = {
         "deepgram": deepgram_sim.DeepgramSimulator(),
         "openai": OpenAISimulator(flavor="openai", token_interval_s=0.01),
@@ -473,6 +500,10 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 def weights_from(capacity: dict[str, int], cpu: dict[str, float]) -> tuple[float, dict[str, float]]:
     """Per-call weights for ``agent.load``: a call weighs 1/capacity of its configuration, so
     the projected load reaches 1.0 at the measured capacity; the local call's extra over a cloud
@@ -496,6 +527,7 @@ class Outcome:
     stock_local: Level | None = None
     runs: list[Level] = field(default_factory=list)
     singles: list[Level] = field(default_factory=list)
+    warmup: list[Level] = field(default_factory=list)  # one call alone of each kind
     load_before: float = 0.0  # 1-minute load average before the bench started anything
 
     def weights(self) -> tuple[float, dict[str, float]] | None:
@@ -551,10 +583,12 @@ async def bench(args: argparse.Namespace) -> tuple[str, Outcome]:
                 f"{time.monotonic() - started:.0f} s",
                 flush=True,
             )
-            # one call of each kind first, not counted: the simulated voice learns the replies
-            # and the shared service has recognised and voiced once, as on a worker in service
-            for level in await runner.run([("cloud", 1), ("local", 1)]):
-                print(f"  warm-up {level.config}: p95={_fmt(level.p95)} s", flush=True)
+            # one call of each kind alone first, not counted: the simulated voice learns the
+            # replies and the shared service has recognised and voiced once, as on a worker in
+            # service; the stock call is the baseline a single call cannot beat
+            for config in ("cloud", "local", "stock"):
+                out.warmup += await runner.run([(config, 1)])
+                print(f"  warm-up {config}: p95={_fmt(out.warmup[-1].p95)} s", flush=True)
             levels, growth = (2, 1.5) if args.quick else (6, 2.0)
             # each search leaves time for the comparisons that follow it
             share = (deadline - time.monotonic()) / (2.6 if args.quick else 2.4)
@@ -680,6 +714,18 @@ def _report(args: argparse.Namespace, out: Outcome, elapsed_s: float) -> str:
             f"{_fmt(level.memory()[0], 0)} | {level.load_avg:.1f} | "
             f"{'yes' if level.holds(args.bound_s) else 'no'} |"
         )
+    lines += [
+        "",
+        "Where a response's time goes (p50 per turn of LiveKit's own turn metrics, "
+        "`ChatMessage.metrics`, in seconds; 'alone' = one call on the worker):",
+        "",
+        "| config | N | line: end of speech -> first audio | " + " | ".join(PARTS.values()) + " |",
+        "|---|---|---|" + "---|" * len(PARTS),
+    ]
+    for level in [*out.warmup, *(r for r in out.runs if r.holds(args.bound_s))]:
+        cells = [_fmt(_median(level.parts.get(name, []))) for name in PARTS]
+        n = "1 (alone)" if level in out.warmup else str(level.calls)
+        lines.append(f"| {level.config} | {n} | {_fmt(level.p50)} | " + " | ".join(cells) + " |")
     weights = out.weights()
     if weights is not None:
         base, extra = weights
