@@ -346,6 +346,8 @@ def report(
         for ref, hyp in list(zip(sample.refs, sample.hyps, strict=True))[:3]:
             lines.append(f"- said: {ref!r} -> heard: {hyp!r}")
     if latency:
+        from plugins.local.speculative_stt import DEFAULT_SPECULATE_AFTER_S
+
         lines += [
             "",
             "End of speech to final transcript: local-stt with Silero VAD (0.55 s silence "
@@ -370,7 +372,8 @@ def report(
         lines += [
             "",
             "LiveKit's adapter recognises only after the VAD's silence window has closed; ours "
-            "starts when the caller has been silent for 0.2 s and sends the final as soon as it "
+            f"starts when the VAD has counted {DEFAULT_SPECULATE_AFTER_S} s of silence and "
+            "sends the final as soon as it "
             "is ready (a negative last column: before the VAD closed the turn), discarding it if "
             "the caller speaks again. Recognition time grows with the machine's load (see the "
             "load average above).",
