@@ -304,7 +304,8 @@ def report(
         "is the real provider built by the chain builder and guarded, as in a call "
         "(`python -m agent transcribe`'s path). RTF = recognition time / audio duration "
         f"(median per utterance; local-stt: Whisper {options.model}, beam {options.beam_size}, "
-        f"{options.threads} threads, {options.compute_type}, {options.window_s} s encoder "
+        f"{options.threads} thread{'s' if options.threads > 1 else ''}, "
+        f"{options.compute_type}, {options.window_s} s encoder "
         "window, "
         f"{'the domain vocabulary prompt' if options.prompt else 'no prompt'}).",
         "",
