@@ -17,6 +17,7 @@ from agent.local_speech import DOMAIN_PROMPT, whisper_options
 from agent.settings import load_settings
 from bench.stt_accuracy import normalize_words, word_error_rate
 from plugins.catalog import CATALOG
+from plugins.local import whisper_stt
 from plugins.local.audio import (
     ASR_TARGET_DBFS,
     StreamingGain,
@@ -94,6 +95,18 @@ def test_the_packaged_base_model_is_joined_once_and_hears_a_phone_caller(
         f.write(b"\0" * 16)
     assert resolve_model_dir("base") == model.parent
     assert _sha256(model) == _BASE_SHA256
+
+
+def test_a_decode_that_runs_past_its_budget_is_done_again_in_a_full_window(
+    phone_speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = WhisperEngine(WhisperOptions())
+    pause = np.zeros(PHONE_RATE, dtype=np.int16)
+    twice = np.concatenate([phone_speech, pause, phone_speech])
+    monkeypatch.setattr(whisper_stt, "MAX_TOKENS_PER_S", 0)  # budget: 16 tokens, too few
+    text = engine.transcribe(twice, PHONE_RATE)
+    assert engine.loops_redone == 1 and engine.last_window_s == 30
+    assert word_error_rate([f"{SENTENCE} {SENTENCE}"], [text]) <= 0.2, text  # all of it
 
 
 def test_a_looping_transcript_is_recognised() -> None:
