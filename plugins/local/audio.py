@@ -66,6 +66,41 @@ def resample(pcm: Int16Array, from_rate: int, to_rate: int) -> Int16Array:
     return np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in out])
 
 
+def resample_exact(pcm: Int16Array, from_rate: int, to_rate: int) -> Int16Array:
+    """Resample a whole utterance deterministically: the same input gives the same samples.
+
+    LiveKit's resampler dithers its int16 output (about 2 LSB of fresh noise on every call),
+    and Whisper tiny's choice between two close words on a hard line flips on that much, so a
+    caller's recognition, a test or a benchmark would differ run to run for no reason. This is
+    band-limited resampling in the frequency domain (zero-padded ends so the FFT's wrap-around
+    meets silence, a cosine roll-off over the top 10% of the shared band against ringing) for
+    audio that is whole in memory, as a batch recogniser gets it; streams keep :func:`resample`.
+    """
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    if from_rate == to_rate or pcm.size == 0:
+        return pcm
+    step = from_rate // math.gcd(from_rate, to_rate)  # input samples per whole output count
+    pad = max(step, from_rate // 50)  # 20 ms of silence on each side
+    n = -(-(pcm.size + 2 * pad) // step) * step
+    m = n * to_rate // from_rate
+    padded = np.zeros(n, dtype=np.float64)
+    padded[pad : pad + pcm.size] = pcm
+    spectrum = np.fft.rfft(padded)
+    bins = min(spectrum.size, m // 2 + 1)
+    kept = np.zeros(m // 2 + 1, dtype=np.complex128)
+    kept[:bins] = spectrum[:bins]
+    roll = max(1, bins // 10)
+    kept[bins - roll : bins] *= 0.5 + 0.5 * np.cos(np.linspace(0.0, np.pi, roll))
+    out = np.fft.irfft(kept, n=m) * (m / n)
+    start = pad * to_rate // from_rate
+    length = round(pcm.size * to_rate / from_rate)
+    result: Int16Array = np.clip(np.rint(out[start : start + length]), -32768, 32767).astype(
+        np.int16
+    )
+    return result
+
+
 def frame_to_mono(frame: rtc.AudioFrame) -> Int16Array:
     """A LiveKit frame's samples as mono int16 (channels averaged)."""
     data = np.frombuffer(frame.data, dtype=np.int16)
@@ -119,14 +154,14 @@ ASR_NOISE_FLOOR_DBFS = -48.0
 def condition_for_asr(pcm: Int16Array, sample_rate: int, target_rate: int) -> Int16Array:
     """Telephone (or any) mono int16 audio -> what a local recogniser hears best.
 
-    Resampled to the recogniser's rate with LiveKit's high-quality resampler (8 kHz phone audio
-    upsampled cleanly, 48 kHz WebRTC audio downsampled), the DC offset some phone gateways add
+    Resampled to the recogniser's rate, deterministically (:func:`resample_exact`: 8 kHz phone
+    audio upsampled cleanly, 48 kHz WebRTC audio downsampled), the DC offset some phone gateways add
     removed, and a quiet caller lifted toward :data:`ASR_TARGET_DBFS` (gain capped at
     :data:`ASR_MAX_GAIN_DB`, peaks kept below clipping, line noise and silence left alone).
     Loud audio is never attenuated: both recognisers normalise loud input themselves.
     """
     require_mono_int16(pcm)
-    audio = resample(pcm, sample_rate, target_rate)
+    audio = resample_exact(pcm, sample_rate, target_rate)
     if audio.size == 0:
         return audio
     samples = audio.astype(np.float64)

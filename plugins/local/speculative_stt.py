@@ -4,7 +4,7 @@ LiveKit's ``stt.StreamAdapter`` turns a batch recogniser into a stream: it waits
 END_OF_SPEECH (Silero's ``min_silence_duration``, 0.55 s of silence) and only then sends the
 utterance to the recogniser, so the caller waits for the silence window *plus* the whole
 recognition. Most of that window is dead time: once the caller has been silent for
-``speculate_after_s`` (0.2 s by default) the words are known, only the turn's end is not.
+``speculate_after_s`` (0.1 s by default) the words are known, only the turn's end is not.
 
 :class:`SpeculativeStreamAdapter` is a ``StreamAdapter`` (same constructor, same events, same
 ``wrapped_stt``, ``model``, ``provider`` and metrics) whose stream starts recognising the
@@ -47,7 +47,12 @@ from livekit.agents.types import (
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_SPECULATE_AFTER_S = 0.2
+#: Seconds of the VAD's silence before recognising. Silero reports silence only about 0.21 s
+#: after the last voiced sample (its probability decays), so 0.1 starts about 0.31 s after it,
+#: against 0.41 s at 0.2. Measured on 60 phone utterances: 0.1 starts 73 speculations of which
+#: 13 are discarded (speech resumed), 0.2 starts 63 with 3 discarded; each discard costs one
+#: local recognition (0.1-0.2 s of a core), while the caller is still talking.
+DEFAULT_SPECULATE_AFTER_S = 0.1
 
 
 class SpeculativeStreamAdapter(stt.StreamAdapter):

@@ -284,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stt-beam-size", type=int, default=WhisperOptions.beam_size)
     parser.add_argument("--stt-threads", type=int, default=WhisperOptions.threads)
     parser.add_argument("--stt-prompt", default=WhisperOptions.prompt)
+    parser.add_argument("--stt-window-s", type=int, default=WhisperOptions.window_s)
+    parser.add_argument("--stt-compute-type", default=WhisperOptions.compute_type)
     args = parser.parse_args(argv)
     # stdout carries the one "ready" line for the supervisor; logs go to stderr
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
@@ -293,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         beam_size=args.stt_beam_size,
         threads=args.stt_threads,
         prompt=args.stt_prompt,
+        window_s=args.stt_window_s,
+        compute_type=args.stt_compute_type,
     )
     started = time.perf_counter()
     service = SpeechService(models, whisper)

@@ -81,6 +81,8 @@ class SpeechServiceSupervisor:
             "--stt-model", self.whisper.model,
             "--stt-beam-size", str(self.whisper.beam_size),
             "--stt-threads", str(self.whisper.threads),
+            "--stt-window-s", str(self.whisper.window_s),
+            "--stt-compute-type", self.whisper.compute_type,
             f"--stt-prompt={self.whisper.prompt}",  # "=": a prompt may start with "-"
         ]  # fmt: skip
 

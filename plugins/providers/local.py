@@ -14,6 +14,14 @@ from livekit.agents import llm, stt, tts
 
 from plugins.local.espeak_tts import DEFAULT_VOICE as DEFAULT_ESPEAK_VOICE
 from plugins.local.responder import Responder
+from plugins.local.whisper_stt import (
+    COMPUTE_TYPES,
+    FULL_WINDOW_S,
+    MAX_BEAM_SIZE,
+    MAX_THREADS,
+    MIN_WINDOW_S,
+    WhisperOptions,
+)
 from plugins.providers.definition import (
     BuildContext,
     Option,
@@ -22,6 +30,8 @@ from plugins.providers.definition import (
     extra_float,
 )
 from plugins.spec import ProviderSpec
+
+_WHISPER_DEFAULTS = WhisperOptions()
 
 
 def _free_stt(spec: ProviderSpec, ctx: BuildContext) -> stt.STT[Any]:
@@ -98,15 +108,37 @@ LOCAL_STT = Provider(
     summary="Whisper tiny.en from a package, in the worker's shared speech process (good "
     "accuracy, free; non-streaming: wrapped with the VAD)",
     build=_local_stt,
+    # the defaults are WhisperOptions' (one place); the settings only spell them as text
     model=Option(
         "LOCAL_STT_MODEL",
-        "local-stt Whisper model: tiny.en (packaged), a faster-whisper size fetched by "
+        "local-stt Whisper model: tiny.en (packaged), base (packaged in the whisper-base "
+        "extra: more accurate, twice the decode time), a faster-whisper size fetched by "
         "download-files (base.en, small.en...) or a CTranslate2 model directory",
-        default="tiny.en",
+        default=_WHISPER_DEFAULTS.model,
     ),
     options={
-        "beam_size": Option("LOCAL_STT_BEAM_SIZE", "local-stt beam size, 1..8 (1 = fastest)", "1"),
-        "threads": Option("LOCAL_STT_THREADS", "local-stt CPU threads, 1..16", "2"),
+        "beam_size": Option(
+            "LOCAL_STT_BEAM_SIZE",
+            f"local-stt beam size, 1..{MAX_BEAM_SIZE} (1 = greedy: fastest, least accurate)",
+            str(_WHISPER_DEFAULTS.beam_size),
+        ),
+        "threads": Option(
+            "LOCAL_STT_THREADS",
+            f"local-stt CPU threads, 1..{MAX_THREADS}",
+            str(_WHISPER_DEFAULTS.threads),
+        ),
+        "window_s": Option(
+            "LOCAL_STT_WINDOW_S",
+            f"local-stt encoder window for an utterance, {MIN_WINDOW_S}..{FULL_WINDOW_S} s "
+            f"(shorter is faster; {FULL_WINDOW_S}: Whisper's full window, as faster-whisper "
+            "does)",
+            str(_WHISPER_DEFAULTS.window_s),
+        ),
+        "compute_type": Option(
+            "LOCAL_STT_COMPUTE_TYPE",
+            f"local-stt CTranslate2 compute type: {', '.join(COMPUTE_TYPES)}",
+            _WHISPER_DEFAULTS.compute_type,
+        ),
         "prompt": Option(
             "LOCAL_STT_PROMPT",
             "local-stt vocabulary prompt (Whisper initial_prompt): a sentence of the domain's "
