@@ -50,11 +50,11 @@ class DeadlineSettings:
     #: STT: how long after the caller pauses a recogniser whose endpoint rhythm is not known
     #: yet may take to send its final (learned from then on, within the stall bounds)
     endpoint_s: float = 1.5
-    #: STT: how long after the caller pauses a recogniser that still owes its final is given
-    #: before the next member starts on the utterance alongside it (a hedge: the first final
-    #: wins), until its endpoint rhythm is measured; from then on its own usual time (p95).
-    #: Half a second: a recogniser's endpointer waits about that long for silence, so a healthy
-    #: one has usually answered by then, and a local floor still finishes inside the second.
+    #: STT: how long after the caller pauses a recogniser that has sent nothing at all for
+    #: the utterance is given before the next member starts on it alongside (a hedge: see
+    #: plugins.resilience.stall.HedgeWatch), until its endpoint rhythm is measured; from then
+    #: on its own usual time (p95). Half a second: a recogniser's endpointer waits about that
+    #: long for silence, and a local floor still transcribes the replay inside the second.
     hedge_s: float = 0.5
 
     def __post_init__(self) -> None:
