@@ -143,20 +143,57 @@ def speech_frames(text: str, rate: int = 16000) -> list[rtc.AudioFrame]:
     ]
 
 
-async def recognize(
-    model: stt.STT[Any], frames: list[rtc.AudioFrame], *, pace: float = 0.5
-) -> tuple[str, str | None]:
-    """Stream ``frames`` at ``pace`` x real time; returns (final transcripts, error)."""
-    import asyncio
+@dataclass
+class Recognized:
+    """What a caller's words became: the final transcripts, and when they and the speech came.
 
+    ``speech_end_at`` is when the frame at ``speech_end_s`` of the audio was pushed (the
+    caller's last word on the line as paced, sleep drift included), ``final_at`` when the
+    last final with words arrived: the turn can be answered from then on, whether or not the
+    stream is still open (it stays open for the whole call).
+    """
+
+    text: str
+    error: str | None
+    speech_end_at: float | None = None
+    final_at: float | None = None
+
+    @property
+    def gap_s(self) -> float | None:
+        """The caller's end of speech to the final transcript."""
+        if self.speech_end_at is None or self.final_at is None:
+            return None
+        return max(0.0, self.final_at - self.speech_end_at)
+
+
+async def recognize_timed(
+    model: stt.STT[Any],
+    frames: list[rtc.AudioFrame],
+    *,
+    pace: float = 0.5,
+    speech_end_s: float | None = None,
+    clock: Any = None,
+) -> Recognized:
+    """Stream ``frames`` at ``pace`` x real time; the transcripts, and when they came."""
+    import asyncio
+    import time
+
+    now = clock or time.perf_counter
     finals: list[str] = []
-    error: str | None = None
+    result = Recognized("", None)
     stream = model.stream()
 
     async def feed() -> None:
+        position = 0.0
         for frame in frames:
+            reached = speech_end_s is not None and position >= speech_end_s - 1e-6
+            if reached and result.speech_end_at is None:
+                result.speech_end_at = now()
             stream.push_frame(frame)
+            position += frame.duration
             await asyncio.sleep(frame.duration * pace)  # audio arrives at the line's pace
+        if speech_end_s is not None and result.speech_end_at is None:
+            result.speech_end_at = now()
         stream.end_input()
 
     feeder = asyncio.create_task(feed())
@@ -165,12 +202,22 @@ async def recognize(
             final = ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT and ev.alternatives
             if final and ev.alternatives[0].text.strip():
                 finals.append(ev.alternatives[0].text.strip())
+                result.final_at = now()
     except Exception as e:
-        error = f"{type(e).__name__}: {e}"
+        result.error = f"{type(e).__name__}: {e}"
     finally:
         feeder.cancel()
         await stream.aclose()
-    return " ".join(finals), error
+    result.text = " ".join(finals)
+    return result
+
+
+async def recognize(
+    model: stt.STT[Any], frames: list[rtc.AudioFrame], *, pace: float = 0.5
+) -> tuple[str, str | None]:
+    """Stream ``frames`` at ``pace`` x real time; returns (final transcripts, error)."""
+    heard = await recognize_timed(model, frames, pace=pace)
+    return heard.text, heard.error
 
 
 def with_stock_adapters(chains: Any) -> Any:

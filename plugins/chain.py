@@ -38,6 +38,7 @@ from plugins.resilience.headroom import Headroom
 from plugins.resilience.phrases import vocabulary
 from plugins.resilience.probes import Prober
 from plugins.resilience.response_tap import ResponseTap
+from plugins.resilience.stall import HedgeWatch
 from plugins.resilience.types import GuardObserver, HealthStore
 from plugins.spec import ProviderSpec, Slot
 
@@ -116,7 +117,8 @@ def build_chains(
     failed attempt is the chain's cue to move on.
     ``hedge_requests`` (off by default): an LLM (first token) or a voice (first audio) late
     past its measured p95 gets the next provider started in parallel, and the first to answer
-    is kept.
+    is kept. A recogniser later than its own rhythm is hedged the same way onto a local next
+    member always (it costs CPU, not money) and onto a cloud one with ``hedge_requests``.
     ``prewarm`` (on by default): the adapters' ``prewarm()`` (called by LiveKit's session when
     a call starts) connects the member that will serve, and a member that starts failing has
     the next one connected (:mod:`plugins.fallback.warm`); off: connections open on first use.
@@ -139,6 +141,7 @@ def build_chains(
     probers: dict[str, Prober] = {}
     sessions: list[aiohttp.ClientSession] = []
     floors: list[Member] = []
+    hedge_targets: set[int] = set()  # ids of the STT members a late recogniser is hedged onto
     board = HeadroomBoard(store, settings=balance)
     placed: dict[Slot, list[ProviderSpec]] = {"stt": [], "llm": [], "tts": []}
 
@@ -182,6 +185,8 @@ def build_chains(
                 skipped[spec.key] = reason
                 log.info("provider skipped", provider=spec.key, reason=reason)
                 continue
+            if slot == "stt" and (entry.local or hedge_requests):
+                hedge_targets.add(id(plugin))
             if entry.floor:
                 chains[slot].append(plugin)  # the floor is never guarded off
                 floors.append(plugin)
@@ -242,6 +247,7 @@ def build_chains(
         keys=order["stt"],
         tiers=tiers["stt"],
         selector=balancers.get("stt"),
+        hedge=functools.partial(_stt_hedge, hedge_targets),
     )
     llm_adapter = LLMFallbackAdapter(
         llm_chain,
@@ -322,6 +328,33 @@ def _hedge_after(member: llm.LLM[Any] | tts.TTS[Any]) -> float | None:
     if p95 is None:
         return None
     return min(max(p95, HEDGE_MIN_S), member.guard.deadline.first_s * 0.75)
+
+
+def _stt_hedge(targets: set[int], serving: stt.STT[Any], next_: stt.STT[Any]) -> HedgeWatch | None:
+    """A guarded recogniser that is later than its own rhythm is hedged onto the next member
+    when that one is local (free: the hedge costs CPU, not a second paid recognition) or,
+    with ``hedge_requests``, onto any member. Only a streaming recogniser has a rhythm: a batch
+    one behind LiveKit's ``StreamAdapter`` only starts once the VAD has seen the pause, so it
+    would always look late."""
+    if not isinstance(serving, GuardedSTT) or not serving.inner.capabilities.streaming:
+        return None
+    if id(_unwrapped(next_)) not in targets:
+        return None
+    deadline = serving.guard.deadline
+    return HedgeWatch(
+        interims=deadline.gaps, endpoints=deadline.endpoints, prior_s=deadline.settings.hedge_s
+    )
+
+
+def _unwrapped(member: stt.STT[Any]) -> stt.STT[Any]:
+    """The plugin behind LiveKit's ``StreamAdapter`` and our guard."""
+    while True:
+        if isinstance(member, stt.StreamAdapter):
+            member = member.wrapped_stt
+        elif isinstance(member, GuardedSTT):
+            member = member.inner
+        else:
+            return member
 
 
 def _loop_running() -> bool:

@@ -50,6 +50,12 @@ class DeadlineSettings:
     #: STT: how long after the caller pauses a recogniser whose endpoint rhythm is not known
     #: yet may take to send its final (learned from then on, within the stall bounds)
     endpoint_s: float = 1.5
+    #: STT: how long after the caller pauses a recogniser that has sent nothing at all for
+    #: the utterance is given before the next member starts on it alongside (a hedge: see
+    #: plugins.resilience.stall.HedgeWatch), until its endpoint rhythm is measured; from then
+    #: on its own usual time (p95). Half a second: a recogniser's endpointer waits about that
+    #: long for silence, and a local floor still transcribes the replay inside the second.
+    hedge_s: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 < self.floor_s <= self.ceiling_s:
@@ -69,6 +75,8 @@ class DeadlineSettings:
             )
         if self.endpoint_s <= 0:
             raise ValueError(f"endpoint deadline must be > 0, got {self.endpoint_s}s")
+        if self.hedge_s <= 0:
+            raise ValueError(f"hedge delay must be > 0, got {self.hedge_s}s")
 
     @property
     def stall_floor(self) -> float:

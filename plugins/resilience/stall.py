@@ -195,3 +195,132 @@ class StallWatch:
         if speech_wall >= ceiling and speech_audio >= ceiling:
             return Overdue(True, speech_wall, ceiling, "no result for a long stretch of speech")
         return None
+
+
+#: The least quiet that counts as the caller's pause for a hedge: shorter silences are the
+#: gaps between words, and our own voiced/unvoiced judgement is per 20 ms frame.
+HEDGE_MIN_PAUSE_S = 0.25
+
+
+class HedgeWatch:
+    """When the next recogniser should start on the caller's utterance *alongside* this one.
+
+    A stall verdict (:class:`StallWatch`) has to be sure: it fails the provider over and
+    counts toward its breaker, so it waits for the provider's own window (its usual time x a
+    factor + a margin) and, before that is known, a generous 1.5 s. A caller who has stopped
+    talking waits through all of it. A *hedge* only has to be likely: it starts the next
+    member on the buffered utterance while this one keeps its chance, and whichever gives
+    the final first is the one the caller gets. So it fires as soon as the provider is later
+    than it *usually* is, read from the same learned rhythms, without the factor or margin:
+
+    - a provider known to send interim results (it sent one on this stream, or its interim
+      rhythm is known from earlier streams) that leaves voiced audio unanswered for its usual
+      longest gap between interims (the rhythm's quantile);
+    - any provider that has not sent the final ``endpoint_s`` after the caller paused: its
+      usual time from a pause to its final (the endpoint rhythm's quantile); never sooner
+      than :data:`HEDGE_MIN_PAUSE_S`, never later than the endpoint window itself (by then
+      the stall verdict takes over). Before that rhythm is known, ``prior_s`` for a provider
+      that sent nothing at all for the utterance (not one interim: a non-interim recogniser,
+      or one that stopped listening), and no hedge for one that kept up with interims while
+      the caller spoke: it is alive, and a guess below its real endpointing would hedge every
+      utterance of a healthy provider.
+
+    On both clocks (wall and audio received), like :class:`StallWatch`: a provider cannot
+    answer audio it has not been sent. Reads the rhythms and never teaches them (the guard's
+    :class:`StallWatch` does). Pure, over an explicit clock.
+    """
+
+    def __init__(
+        self,
+        *,
+        interims: Rhythm,
+        endpoints: Rhythm,
+        prior_s: float,
+        sends_interims: bool = False,
+    ) -> None:
+        if prior_s <= 0:
+            raise ValueError(f"hedge prior must be > 0, got {prior_s}s")
+        self.interims = interims
+        self.endpoints = endpoints
+        self.prior_s = prior_s
+        self.sends_interims = sends_interims or interims.usual_s is not None
+        self.audio_s = 0.0
+        self._unanswered_at: float | None = None
+        self._unanswered_audio = 0.0
+        self._quiet_at: float | None = None
+        self._quiet_audio = 0.0
+        self._flushed = False
+        self._kept_up = False  # an interim came for the utterance owed
+
+    @property
+    def interim_s(self) -> float | None:
+        """Voiced audio may go this long without an interim before a hedge (interim senders)."""
+        usual = self.interims.usual_s
+        if usual is None or not self.sends_interims:
+            return None
+        return min(self.interims.deadline_s, max(self.interims.floor_s, usual))
+
+    @property
+    def endpoint_s(self) -> float | None:
+        """The caller's pause may go this long without a final before a hedge (``None``: no
+        hedge at the pause)."""
+        usual = self.endpoints.usual_s
+        if usual is None:
+            if self._kept_up:
+                return None
+            usual = self.prior_s
+        return min(self.endpoints.deadline_s, max(HEDGE_MIN_PAUSE_S, usual))
+
+    def on_audio(self, now: float, duration_s: float, *, voiced: bool) -> None:
+        self.audio_s += duration_s
+        if voiced:
+            if self._unanswered_at is None:
+                self._unanswered_at = now
+                self._unanswered_audio = self.audio_s
+            self._quiet_at = None
+        elif self._unanswered_at is not None and self._quiet_at is None:
+            self._quiet_at = now
+            self._quiet_audio = self.audio_s
+
+    def on_flush(self) -> None:
+        """No audio follows (end of input or a flush): the wall clock alone runs the pause."""
+        self._flushed = self._unanswered_at is not None
+
+    def on_transcript(self, now: float, *, final: bool) -> None:
+        """Text from the provider: a final settles the utterance, an interim shows it keeps up."""
+        if final:
+            self.settle()
+            return
+        self.sends_interims = True
+        if self._unanswered_at is not None:
+            # keeping up: both clocks restart here, the pause's too (the next quiet frame
+            # re-arms it), as the guard's watch measures the endpoint rhythm it learns
+            self._unanswered_at = now
+            self._unanswered_audio = self.audio_s
+            self._quiet_at = None
+            self._kept_up = True
+
+    def settle(self) -> None:
+        """The utterance is answered (by this provider or by the hedge): nothing is owed."""
+        self._unanswered_at = None
+        self._quiet_at = None
+        self._flushed = False
+        self._kept_up = False
+
+    def due(self, now: float) -> str | None:
+        """Why a hedge should start now, or ``None``."""
+        if self._unanswered_at is None:
+            return None
+        window = self.interim_s
+        if (
+            window is not None
+            and self._quiet_at is None
+            and now - self._unanswered_at >= window
+            and self.audio_s - self._unanswered_audio >= window
+        ):
+            return f"no interim result within its usual {window:.2f}s"
+        if self._quiet_at is not None and (window := self.endpoint_s) is not None:
+            heard = self._flushed or self.audio_s - self._quiet_audio >= window
+            if now - self._quiet_at >= window and heard:
+                return f"no final within its usual {window:.2f}s of the caller's pause"
+        return None
