@@ -104,7 +104,12 @@ async def test_failed_stream_replays_the_utterance_to_the_next_recogniser(
     assert words(text) == words(expected)  # the whole utterance, not just its tail
     failures = observer.kinds("stt:deepgram")
     assert failures and (kind is None or failures[0] == kind)
-    assert len(adapter.switches) == 1 and adapter.switches[0].replayed_s > 0.5
+    assert len(adapter.switches) == 1
+    # a cut is replayed to the next recogniser; a silent primary has usually been hedged onto
+    # it before the stall verdict, and the running hedge takes over with nothing left to
+    # replay (the words are whole either way, checked above)
+    hedged = kind == "stall" and bool(adapter.hedges) and adapter.hedges[0].replayed_s > 0.5
+    assert adapter.switches[0].replayed_s > 0.5 or hedged
     assert adapter.switches[0].recovered_s is not None
 
 
