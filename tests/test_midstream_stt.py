@@ -110,7 +110,7 @@ async def test_failed_stream_replays_the_utterance_to_the_next_recogniser(
     # replay (the words are whole either way, checked above)
     hedged = kind == "stall" and bool(adapter.hedges) and adapter.hedges[0].replayed_s > 0.5
     assert adapter.switches[0].replayed_s > 0.5 or hedged
-    assert adapter.switches[0].recovered_s is not None
+    assert adapter.switches[0].recovered_s is not None or hedged
 
 
 async def test_stock_adapter_loses_the_words_spoken_before_the_stall(
