@@ -46,7 +46,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import structlog
 from livekit import rtc
 from livekit.agents import APIConnectOptions, stt, utils
@@ -59,7 +58,7 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from plugins.fallback.cursor import ChainCursor, TierSelector
 from plugins.fallback.warm import Warmer
-from plugins.resilience.guard_stt import VOICED_RMS
+from plugins.resilience.guard_stt import TRANSCRIPT_EVENTS, VOICED_RMS, frame_rms
 from plugins.resilience.stall import HedgeWatch
 
 log = structlog.get_logger(__name__)
@@ -352,7 +351,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
             if isinstance(data, rtc.AudioFrame):
                 self._heard_s += data.duration
                 self._utterance.add(data)
-                voiced = _rms(data) > VOICED_RMS
+                voiced = frame_rms(data) > VOICED_RMS
                 if voiced:
                     self._owed_until_speech = False
                 if self._watch is not None:
@@ -473,7 +472,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
                         if first:
                             first = False
                             adapter._active_instance = members[index]
-                        if ev.type in _TRANSCRIPTS and _has_text(ev):
+                        if ev.type in TRANSCRIPT_EVENTS and _has_text(ev):
                             if self._stale(ev):
                                 log.debug("dropped a late transcript a hedge already delivered")
                                 continue
@@ -573,18 +572,6 @@ def _pass_on(stream: stt.RecognizeStream, data: rtc.AudioFrame | object | None) 
         stream.push_frame(data)
     else:
         stream.flush()
-
-
-_TRANSCRIPTS = (
-    stt.SpeechEventType.INTERIM_TRANSCRIPT,
-    stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,
-    stt.SpeechEventType.FINAL_TRANSCRIPT,
-)
-
-
-def _rms(frame: rtc.AudioFrame) -> float:
-    data = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
-    return float(np.sqrt(np.mean(data * data))) if data.size else 0.0
 
 
 def _has_text(ev: stt.SpeechEvent) -> bool:

@@ -39,14 +39,14 @@ _TICK: Any = object()
 #: Extra time a batch recognize may take per second of audio.
 BATCH_SECONDS_PER_AUDIO_SECOND = 0.25
 
-_TRANSCRIPTS = (
+TRANSCRIPT_EVENTS = (
     stt.SpeechEventType.INTERIM_TRANSCRIPT,
     stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,
     stt.SpeechEventType.FINAL_TRANSCRIPT,
 )
 
 
-def _rms(frame: rtc.AudioFrame) -> float:
+def frame_rms(frame: rtc.AudioFrame) -> float:
     data = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
     return float(np.sqrt(np.mean(data * data))) if data.size else 0.0
 
@@ -80,7 +80,7 @@ class GuardedSTT(GuardedPlugin, stt.STT[Never]):
         guard = self.guard
         frames = _frames(buffer)
         audio_s = sum(f.duration for f in frames)
-        voiced = any(_rms(f) > VOICED_RMS for f in frames)
+        voiced = any(frame_rms(f) > VOICED_RMS for f in frames)
 
         async def once() -> tuple[stt.SpeechEvent, float]:
             limit = guard.deadline.first_s + audio_s * BATCH_SECONDS_PER_AUDIO_SECOND
@@ -212,7 +212,7 @@ class GuardedRecognizeStream(stt.RecognizeStream):
                 async for data in self._input_ch:
                     if isinstance(data, rtc.AudioFrame):
                         watch.on_audio(
-                            time.perf_counter(), data.duration, voiced=_rms(data) > VOICED_RMS
+                            time.perf_counter(), data.duration, voiced=frame_rms(data) > VOICED_RMS
                         )
                         inner.push_frame(data)
                     else:
@@ -251,7 +251,7 @@ class GuardedRecognizeStream(stt.RecognizeStream):
                         continue
                     if ev is None:
                         break
-                    if ev.type in _TRANSCRIPTS and _text(ev):
+                    if ev.type in TRANSCRIPT_EVENTS and _text(ev):
                         now = time.perf_counter()
                         final = ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT
                         anchor = watch.waiting_since
