@@ -70,7 +70,30 @@ class Overdue:
     why: str
 
 
-class StallWatch:
+class _CallerClock:
+    """When the caller's unanswered speech began and when they fell quiet after it: what the
+    stall rule and the hedge rule both judge a recogniser's silence against."""
+
+    def __init__(self) -> None:
+        self.audio_s = 0.0  # audio received so far
+        self._unanswered_at: float | None = None  # wall time voiced audio began unanswered
+        self._unanswered_audio = 0.0  # audio_s then
+        self._quiet_at: float | None = None  # the caller fell silent after unanswered speech
+        self._quiet_audio = 0.0
+
+    def on_audio(self, now: float, duration_s: float, *, voiced: bool) -> None:
+        self.audio_s += duration_s
+        if voiced:
+            if self._unanswered_at is None:
+                self._unanswered_at = now
+                self._unanswered_audio = self.audio_s
+            self._quiet_at = None
+        elif self._unanswered_at is not None and self._quiet_at is None:
+            self._quiet_at = now
+            self._quiet_audio = self.audio_s
+
+
+class StallWatch(_CallerClock):
     """Follows one recognize stream's audio and transcripts; :meth:`overdue` gives the verdict.
 
     ``interims`` and ``endpoints`` are the provider's learned rhythms; the watch reads its
@@ -91,12 +114,8 @@ class StallWatch:
         self.interims = interims
         self.endpoints = endpoints
         self.sends_interims = expects_interims
-        self.audio_s = 0.0  # audio received so far
         self.answered_once = False
-        self._unanswered_at: float | None = None  # wall time voiced audio began unanswered
-        self._unanswered_audio = 0.0  # audio_s then
-        self._quiet_at: float | None = None  # the caller fell silent after unanswered speech
-        self._quiet_audio = 0.0
+        _CallerClock.__init__(self)
         self._flushed_at: float | None = None  # a flush after unanswered speech
 
     @property
@@ -117,17 +136,6 @@ class StallWatch:
     @property
     def flushed(self) -> bool:
         return self._flushed_at is not None
-
-    def on_audio(self, now: float, duration_s: float, *, voiced: bool) -> None:
-        self.audio_s += duration_s
-        if voiced:
-            if self._unanswered_at is None:
-                self._unanswered_at = now
-                self._unanswered_audio = self.audio_s
-            self._quiet_at = None
-        elif self._unanswered_at is not None and self._quiet_at is None:
-            self._quiet_at = now
-            self._quiet_audio = self.audio_s
 
     def excuse(self, lost_s: float) -> None:
         """``lost_s`` of wall time our own process did not run: no provider owed an answer in it."""
@@ -202,7 +210,7 @@ class StallWatch:
 HEDGE_MIN_PAUSE_S = 0.25
 
 
-class HedgeWatch:
+class HedgeWatch(_CallerClock):
     """When the next recogniser should start on the caller's utterance *alongside* this one.
 
     A stall verdict (:class:`StallWatch`) has to be sure: it fails the provider over and
@@ -244,11 +252,7 @@ class HedgeWatch:
         self.endpoints = endpoints
         self.prior_s = prior_s
         self.sends_interims = sends_interims or interims.usual_s is not None
-        self.audio_s = 0.0
-        self._unanswered_at: float | None = None
-        self._unanswered_audio = 0.0
-        self._quiet_at: float | None = None
-        self._quiet_audio = 0.0
+        _CallerClock.__init__(self)
         self._flushed = False
         self._kept_up = False  # an interim came for the utterance owed
 
@@ -270,17 +274,6 @@ class HedgeWatch:
                 return None
             usual = self.prior_s
         return min(self.endpoints.deadline_s, max(HEDGE_MIN_PAUSE_S, usual))
-
-    def on_audio(self, now: float, duration_s: float, *, voiced: bool) -> None:
-        self.audio_s += duration_s
-        if voiced:
-            if self._unanswered_at is None:
-                self._unanswered_at = now
-                self._unanswered_audio = self.audio_s
-            self._quiet_at = None
-        elif self._unanswered_at is not None and self._quiet_at is None:
-            self._quiet_at = now
-            self._quiet_audio = self.audio_s
 
     def on_flush(self) -> None:
         """No audio follows (end of input or a flush): the wall clock alone runs the pause."""
