@@ -25,7 +25,7 @@ from plugins.resilience.classify import MAX_EVIDENCE_CHARS
 from plugins.resilience.deadlines import DeadlineSettings
 from plugins.resilience.retry_after import MAX_RETRY_AFTER_S
 from plugins.resilience.scrub import MAX_MESSAGE_CHARS
-from plugins.resilience.speech_check import WINDOW_S, implausible
+from plugins.resilience.speech_check import FIRST_WINDOW_S, WINDOW_S, SpeechCheck, implausible
 from plugins.resilience.store import DocumentStore, open_store
 from plugins.sim.cartesia_sim import CartesiaSimulator
 from plugins.sim.elevenlabs_sim import ElevenLabsSimulator
@@ -109,6 +109,43 @@ async def test_implausible_tts_audio_fails_over_to_the_next_voice(
     pcm = np.frombuffer(audio, dtype=np.int16)
     assert pcm.size / SAMPLE_RATE > 2.0  # the whole text was spoken
     assert noise_windows(pcm) == []  # the caller heard no noise, not even one window
+
+
+@pytest.mark.parametrize("window_s", [FIRST_WINDOW_S, WINDOW_S], ids=["first", "later"])
+def test_real_voices_never_look_implausible_in_any_window(
+    warm_voice: None, window_s: float
+) -> None:
+    """The short first window is judged on a voice's opening 40 ms: every 40 ms (and 100 ms)
+    of every local voice, at every speed, loud or soft, must pass as speech."""
+    from plugins.local.espeak_tts import EspeakEngine
+    from plugins.local.hibari_tts import HibariEngine
+
+    hibari, espeak = HibariEngine.shared(), EspeakEngine.shared()
+    renders = [(hibari.synthesize(TEXT, speed=v), hibari.sample_rate) for v in (0.85, 1.0, 1.2)]
+    renders += [(espeak.synthesize(TEXT, voice=v), espeak.sample_rate) for v in ("en-us", "en")]
+    for pcm, rate in renders:
+        loud = (pcm.astype(np.int32) * 32000 // max(1, int(np.abs(pcm).max()))).astype(np.int16)
+        for audio in (pcm, loud):  # as rendered, and normalised to just below full scale
+            window = int(window_s * rate)
+            starts = range(0, audio.size - window + 1, window // 2)  # overlapping: any window
+            reasons = {implausible(audio[i : i + window]) for i in starts} - {None}
+            assert reasons == set(), (rate, reasons)
+
+
+def test_the_first_window_is_judged_after_two_frames_then_every_tenth_of_a_second() -> None:
+    frame = (np.sin(np.arange(480) / 3.0) * 3000).astype(np.int16)  # 20 ms at 24 kHz
+    check = SpeechCheck()
+    judged_after = []
+    for n in range(1, 13):
+        before = check.windows_judged
+        assert check.feed(frame, 24000, 1) is None
+        if check.windows_judged > before:
+            judged_after.append(n)
+    assert judged_after == [2, 7, 12]  # 40 ms held back; then 100 ms windows
+    noise = np.random.default_rng(7).integers(-32768, 32767, 480 * 2, dtype=np.int16)
+    first = SpeechCheck()
+    assert first.feed(noise[:480], 24000, 1) is None  # one frame: not judged yet
+    assert "noise" in (first.feed(noise[480:], 24000, 1) or "")  # caught before it is heard
 
 
 async def test_plausible_speech_is_a_success(

@@ -22,8 +22,13 @@ import numpy as np
 import numpy.typing as npt
 
 FULL_SCALE = 32768.0
-#: Audio judged at a time; the first window is held back until it is judged.
+#: Audio judged at a time once the answer is playing.
 WINDOW_S = 0.1
+#: The first window, held back from the caller until it is judged: short, because every
+#: millisecond of it is added to the first audio of every turn (a voice streaming in real
+#: time takes 40 ms to send 40 ms), and enough for what it guards against: noise, clipping
+#: and bytes read as samples are wrong from the first sample on. Two 20 ms frames.
+FIRST_WINDOW_S = 0.04
 #: RMS above this fraction of full scale is not speech (random bytes: ~0.58).
 MAX_RMS = 0.45
 #: More than this fraction of samples at full scale is clipping, not speech.
@@ -80,7 +85,8 @@ class SpeechCheck:
         self.seconds += data.size / self._samples_per_s if self._samples_per_s else 0.0
         self._window.append(data)
         self._window_samples += data.size
-        if self._window_samples >= WINDOW_S * self._samples_per_s:
+        window_s = FIRST_WINDOW_S if self.windows_judged == 0 else WINDOW_S
+        if self._window_samples >= window_s * self._samples_per_s:
             return self._judge()
         return None
 
