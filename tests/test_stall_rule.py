@@ -158,21 +158,6 @@ def test_bad_deadlines_are_refused() -> None:
         DeadlineSettings(floor_s=0.5, ceiling_s=1.0, stall_s=1.0, stall_floor_s=2.0)
 
 
-def test_time_our_own_process_lost_is_not_charged_to_the_provider() -> None:
-    line = Line(interims=True)
-    line.speak(1.0)
-    line.watch.on_transcript(line.now, final=False)
-    line.speak(2.0)
-    line.now += 2.0  # the event loop was starved for 2 s; nothing could be read
-    line.watch.on_audio(line.now, 2.0, voiced=True)  # the audio it queued arrives at once
-    assert line.watch.overdue(line.now) is not None  # charged: 4 s since the last interim
-    line.watch.excuse(2.0)
-    assert line.watch.overdue(line.now) is None  # excused: 2 s of the provider's time
-    waited = line.run_until_overdue(2.0, voiced=True)
-    assert waited == pytest.approx(1.0, abs=0.05)  # the rest of its window still runs
-    line.watch.excuse(-1.0)  # a tick early is no credit
-
-
 # -- the provider's own rhythm ----------------------------------------------------------------
 
 
@@ -232,18 +217,6 @@ def test_a_steady_interim_rhythm_slower_than_the_learned_window_is_not_a_stall()
         line.speak(2.5)
         line.watch.on_transcript(line.now, final=False)
     assert line.watch.stall_s == STALL
-
-
-def test_lost_time_is_not_learned_as_the_providers_rhythm() -> None:
-    line = Line(interims=False)
-    for _ in range(3):
-        line.speak(1.0)
-        line.pause(0.3)
-        line.now += 2.0  # our loop starved for 2 s: the final waited, unread
-        line.watch.excuse(2.0)
-        line.watch.on_transcript(line.now, final=True)
-        line.pause(0.5)
-    assert line.watch.endpoint_s < 1.0  # learned 0.3 s, not 2.3 s
 
 
 def test_a_flush_during_the_pause_does_not_hold_the_endpoint_window_open() -> None:

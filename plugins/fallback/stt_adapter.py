@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from plugins.fallback.cursor import ChainCursor, TierSelector
 from plugins.fallback.warm import Warmer
 from plugins.resilience.guard_stt import TRANSCRIPT_EVENTS, VOICED_RMS, frame_rms
+from plugins.resilience.run_clock import run_time
 from plugins.resilience.stall import HedgeWatch
 
 log = structlog.get_logger(__name__)
@@ -355,7 +355,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
                 if voiced:
                     self._owed_until_speech = False
                 if self._watch is not None:
-                    self._watch.on_audio(time.perf_counter(), data.duration, voiced=voiced)
+                    self._watch.on_audio(run_time(), data.duration, voiced=voiced)
             else:
                 self._utterance.flushed = True
                 if self._watch is not None:
@@ -382,7 +382,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
             target=members[target].label,
             why=why,
             replayed_s=self._utterance.seconds,
-            started_at=time.perf_counter(),
+            started_at=run_time(),
         )
         self._adapter.hedges.append(record)
         log.info(
@@ -455,7 +455,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
                             watch = self._watch
                             if watch is None or self._racer is not None or target is None:
                                 continue
-                            why = watch.due(time.perf_counter())
+                            why = watch.due(run_time())
                             if why is not None:
                                 self._start_hedge(index, target, why, feed)
                             continue
@@ -478,13 +478,13 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
                                 continue
                             final = ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT
                             if self._watch is not None:
-                                self._watch.on_transcript(time.perf_counter(), final=final)
+                                self._watch.on_transcript(run_time(), final=final)
                             if self._racer is not None:
                                 # it answers after all: alive, so the hedge is not needed (a
                                 # floor that endpoints sooner must not take its utterance)
                                 self._racer.record.winner = members[index].label
                                 self._racer.record.won_s = (
-                                    time.perf_counter() - self._racer.record.started_at
+                                    run_time() - self._racer.record.started_at
                                 )
                                 await self._drop_racer(feed)
                             if final:
@@ -494,7 +494,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
                                 )  # a recognition stream serves utterance by utterance
                                 self._utterance.clear()
                                 if pending is not None:
-                                    pending.recovered_s = time.perf_counter() - pending.failed_at
+                                    pending.recovered_s = run_time() - pending.failed_at
                                     pending = None
                         self._event_ch.send_nowait(ev)
                 except asyncio.CancelledError:
@@ -506,7 +506,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
                             source=members[index].label,
                             target="",
                             replayed_s=0.0,
-                            failed_at=time.perf_counter(),
+                            failed_at=run_time(),
                             error=str(e),
                         )
                         adapter.switches.append(pending)
@@ -543,7 +543,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
         adapter = self._adapter
         record = racer.record
         record.winner = record.target
-        record.won_s = time.perf_counter() - record.started_at
+        record.won_s = run_time() - record.started_at
         log.info(
             "STT hedge gave the final first",
             source=record.source,

@@ -27,6 +27,7 @@ from plugins.resilience.failures import (
 from plugins.resilience.phrases import Vocabulary
 from plugins.resilience.repeat_limit import attempt_scope
 from plugins.resilience.response_tap import ResponseTap
+from plugins.resilience.run_clock import run_time
 from plugins.resilience.types import (
     Admission,
     BreakerState,
@@ -187,12 +188,12 @@ class Guard:
         """
         retried = False
         while True:
-            started = time.perf_counter()
+            started = run_time()
             try:
                 async with self.attempt(adjust):
                     return await body()
             except ClassifiedError as e:
-                elapsed = time.perf_counter() - started
+                elapsed = run_time() - started
                 budget = self.deadline.first_s * RETRY_WITHIN_DEADLINE
                 if (
                     retried
@@ -358,9 +359,6 @@ class ProbeHook:
 
 _END = object()
 
-#: Lateness of a timer beyond which the time is our own process's, not the provider's.
-LAG_TOLERANCE_S = 0.1
-
 
 class Pump(Generic[T]):
     """Reads an async iterable in its own task so a deadline can abandon it cleanly.
@@ -384,14 +382,12 @@ class Pump(Generic[T]):
             return
         self._queue.put_nowait(_END)
 
-    async def next(self, timeout: float | None, *, excuse_lag: bool = True) -> T | None:
+    async def next(self, timeout: float | None) -> T | None:
         """The next item, ``None`` at the end; raises TimeoutError or the source's error.
 
-        Time our own process did not run is not the source's: a wait that wakes more than
-        :data:`LAG_TOLERANCE_S` after its deadline (a starved event loop, a CPU-bound
-        neighbour) is extended by that lateness before it counts as a timeout, so a tight
-        stall deadline does not fail a provider whose chunk sat unread in our socket buffer.
-        ``excuse_lag=False`` for a caller that measures its own lateness.
+        ``timeout`` is run time (:mod:`plugins.resilience.run_clock`): a wait during which our
+        own event loop was starved is extended by the starvation, so a tight deadline does not
+        fail a provider whose chunk sat unread in our socket buffer.
         """
         if timeout is not None and timeout <= 0:
             if self._queue.empty():
@@ -400,19 +396,17 @@ class Pump(Generic[T]):
         elif timeout is None:
             item = await self._queue.get()
         else:
-            deadline = time.perf_counter() + timeout
+            deadline = run_time() + timeout
             while True:
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), deadline - time.perf_counter())
+                    item = await asyncio.wait_for(self._queue.get(), deadline - run_time())
                     break
                 except TimeoutError:
-                    late = time.perf_counter() - deadline
                     if not self._queue.empty():
                         item = self._queue.get_nowait()
                         break
-                    if not excuse_lag or late <= LAG_TOLERANCE_S:
+                    if run_time() >= deadline:
                         raise
-                    deadline = time.perf_counter() + late  # excused: owed that time back
         if item is _END:
             return None
         if isinstance(item, _Raised):
@@ -440,7 +434,3 @@ def deadline_error(
         stalled=stalled,
         deadline_s=limit_s,
     )
-
-
-Clock = Callable[[], float]
-monotonic: Clock = time.perf_counter

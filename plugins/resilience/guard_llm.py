@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from typing import Any, Never
 
 from livekit.agents import APIConnectOptions, llm
@@ -18,6 +17,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGive
 
 from plugins.resilience.failures import EmptyResultError
 from plugins.resilience.guard import UNIT_LLM, Guard, GuardedPlugin, Pump, deadline_error
+from plugins.resilience.run_clock import run_time
 from plugins.resilience.types import Failure, FailureKind
 
 #: statuses a provider answers an assistant prefill it does not accept with
@@ -65,7 +65,7 @@ class GuardedLLM(GuardedPlugin, llm.LLM[Never]):
         """One minimal synthetic request ("ping", one token); returns time to first token."""
         ctx = ChatContext.empty()
         ctx.add_message(role="user", content="ping")
-        started = time.perf_counter()
+        started = run_time()
         deadline = self.guard.deadline.first_s
         stream = self.inner.chat(
             chat_ctx=ctx,
@@ -75,20 +75,20 @@ class GuardedLLM(GuardedPlugin, llm.LLM[Never]):
         pump: Pump[ChatChunk] = Pump(stream)
         try:
             while True:
-                remaining = deadline - (time.perf_counter() - started)
+                remaining = deadline - (run_time() - started)
                 try:
                     chunk = await pump.next(remaining)
                 except TimeoutError:
                     raise deadline_error(
                         self.guard.key,
                         stalled=False,
-                        waited_s=time.perf_counter() - started,
+                        waited_s=run_time() - started,
                         limit_s=deadline,
                     ) from None
                 if chunk is None:
                     raise EmptyResultError(f"{self.guard.key} answered the probe with nothing")
                 if chunk.delta and _visible(chunk.delta):
-                    return time.perf_counter() - started
+                    return run_time() - started
         finally:
             await pump.aclose()
             await stream.aclose()
@@ -140,7 +140,7 @@ class GuardedLLMStream(llm.LLMStream):
 
         async def once() -> float | None:
             nonlocal sent
-            started = time.perf_counter()
+            started = run_time()
             first_deadline = guard.deadline.first_s
             inner = self._guarded.inner.chat(
                 chat_ctx=self.chat_ctx,
@@ -156,7 +156,7 @@ class GuardedLLMStream(llm.LLMStream):
             tokens = 0
             try:
                 while True:
-                    now = time.perf_counter()
+                    now = run_time()
                     stall = guard.deadline.stall_s  # learns this stream's gaps as they come
                     timeout = (
                         (first_deadline - (now - started))
@@ -166,7 +166,7 @@ class GuardedLLMStream(llm.LLMStream):
                     try:
                         chunk = await pump.next(timeout)
                     except TimeoutError:
-                        now = time.perf_counter()
+                        now = run_time()
                         raise deadline_error(
                             guard.key,
                             stalled=ttft is not None,
@@ -175,7 +175,7 @@ class GuardedLLMStream(llm.LLMStream):
                         ) from None
                     if chunk is None:
                         break
-                    arrived = time.perf_counter()
+                    arrived = run_time()
                     if ttft is not None:
                         guard.deadline.observe_gap(arrived - last)
                     last = arrived

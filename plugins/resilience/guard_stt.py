@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from typing import Any, Never
 
 import numpy as np
@@ -22,13 +21,13 @@ from livekit.agents.utils import AudioBuffer, aio
 
 from plugins.resilience.failures import EmptyResultError
 from plugins.resilience.guard import (
-    LAG_TOLERANCE_S,
     UNIT_STT,
     Guard,
     GuardedPlugin,
     Pump,
     deadline_error,
 )
+from plugins.resilience.run_clock import run_time
 from plugins.resilience.stall import StallWatch
 
 #: RMS (int16) above which a frame counts as voiced; a line's hiss stays well below it.
@@ -84,7 +83,7 @@ class GuardedSTT(GuardedPlugin, stt.STT[Never]):
 
         async def once() -> tuple[stt.SpeechEvent, float]:
             limit = guard.deadline.first_s + audio_s * BATCH_SECONDS_PER_AUDIO_SECOND
-            started = time.perf_counter()
+            started = run_time()
             try:
                 try:
                     event = await asyncio.wait_for(
@@ -99,14 +98,14 @@ class GuardedSTT(GuardedPlugin, stt.STT[Never]):
                     raise deadline_error(
                         guard.key,
                         stalled=False,
-                        waited_s=time.perf_counter() - started,
+                        waited_s=run_time() - started,
                         limit_s=limit,
                     ) from None
                 if voiced and not _text(event):
                     raise EmptyResultError(f"{guard.key} returned no transcript for speech")
             finally:
                 guard.usage(UNIT_STT, audio_s)
-            return event, time.perf_counter() - started
+            return event, run_time() - started
 
         # a batch answer reaches the caller whole, so nothing was delivered before a failure
         event, latency = await guard.run(once, delivered=lambda: False)
@@ -144,13 +143,13 @@ class GuardedSTT(GuardedPlugin, stt.STT[Never]):
         )
         deadline = self.guard.deadline.first_s
         options = APIConnectOptions(max_retry=0, timeout=max(deadline, 1.0))
-        started = time.perf_counter()
+        started = run_time()
         try:
             if not self.inner.capabilities.streaming:
                 await asyncio.wait_for(
                     self.inner.recognize([silence], conn_options=options), deadline
                 )
-                return time.perf_counter() - started
+                return run_time() - started
             stream = self.inner.stream(conn_options=options)
             try:
                 stream.push_frame(silence)
@@ -167,10 +166,10 @@ class GuardedSTT(GuardedPlugin, stt.STT[Never]):
             raise deadline_error(
                 self.guard.key,
                 stalled=False,
-                waited_s=time.perf_counter() - started,
+                waited_s=run_time() - started,
                 limit_s=deadline,
             ) from None
-        return time.perf_counter() - started
+        return run_time() - started
 
 
 class GuardedRecognizeStream(stt.RecognizeStream):
@@ -212,17 +211,17 @@ class GuardedRecognizeStream(stt.RecognizeStream):
                 async for data in self._input_ch:
                     if isinstance(data, rtc.AudioFrame):
                         watch.on_audio(
-                            time.perf_counter(), data.duration, voiced=frame_rms(data) > VOICED_RMS
+                            run_time(), data.duration, voiced=frame_rms(data) > VOICED_RMS
                         )
                         inner.push_frame(data)
                     else:
-                        watch.on_flush(time.perf_counter())
+                        watch.on_flush(run_time())
                         inner.flush()
-                watch.on_flush(time.perf_counter())
+                watch.on_flush(run_time())
                 inner.end_input()
 
             def overdue() -> Exception | None:
-                verdict = watch.overdue(time.perf_counter())
+                verdict = watch.overdue(run_time())
                 if verdict is None:
                     return None
                 return deadline_error(
@@ -235,16 +234,11 @@ class GuardedRecognizeStream(stt.RecognizeStream):
             input_task = asyncio.create_task(forward_input())
             pump: Pump[stt.SpeechEvent] = Pump(inner)
             try:
-                checked = time.perf_counter()
                 while True:
                     try:
-                        ev = await pump.next(_TICK_S, excuse_lag=False)
+                        ev = await pump.next(_TICK_S)
                     except TimeoutError:
                         ev = _TICK
-                    now = time.perf_counter()
-                    # a tick that came late is time our own process did not run
-                    watch.excuse(now - checked - _TICK_S - LAG_TOLERANCE_S)
-                    checked = now
                     if ev is _TICK:
                         if (err := overdue()) is not None:
                             raise err from None
@@ -252,7 +246,7 @@ class GuardedRecognizeStream(stt.RecognizeStream):
                     if ev is None:
                         break
                     if ev.type in TRANSCRIPT_EVENTS and _text(ev):
-                        now = time.perf_counter()
+                        now = run_time()
                         final = ev.type is stt.SpeechEventType.FINAL_TRANSCRIPT
                         anchor = watch.waiting_since
                         watch.on_transcript(now, final=final)
@@ -265,7 +259,7 @@ class GuardedRecognizeStream(stt.RecognizeStream):
                                 f"{guard.key} returned an empty transcript for speech"
                             )
                         # no words in what it heard (a cough, a noise): an answer all the same
-                        watch.on_transcript(time.perf_counter(), final=True)
+                        watch.on_transcript(run_time(), final=True)
                     self._event_ch.send_nowait(ev)
                 if watch.flushed:
                     raise EmptyResultError(f"{guard.key} ended without a transcript for speech")

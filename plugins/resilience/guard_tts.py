@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Never
 
@@ -31,6 +30,7 @@ from plugins.resilience.failures import (
     TruncatedError,
 )
 from plugins.resilience.guard import UNIT_TTS, Guard, GuardedPlugin, Pump, deadline_error
+from plugins.resilience.run_clock import run_time
 from plugins.resilience.speech_check import SpeechCheck, implausible, min_speech_s, spoken_chars
 
 #: Peak amplitude (int16) below which synthesized audio counts as silence.
@@ -86,7 +86,7 @@ class GuardedTTS(GuardedPlugin, tts.TTS[Never]):
 
     async def probe(self) -> float:
         """Synthesize one short word; returns time to first audio."""
-        started = time.perf_counter()
+        started = run_time()
         deadline = self.guard.deadline.first_s
         stream = self.inner.synthesize(
             self.probe_text, conn_options=APIConnectOptions(max_retry=0, timeout=max(deadline, 1.0))
@@ -95,12 +95,12 @@ class GuardedTTS(GuardedPlugin, tts.TTS[Never]):
         try:
             while True:
                 try:
-                    audio = await pump.next(deadline - (time.perf_counter() - started))
+                    audio = await pump.next(deadline - (run_time() - started))
                 except TimeoutError:
                     raise deadline_error(
                         self.guard.key,
                         stalled=False,
-                        waited_s=time.perf_counter() - started,
+                        waited_s=run_time() - started,
                         limit_s=deadline,
                     ) from None
                 if audio is None:
@@ -108,7 +108,7 @@ class GuardedTTS(GuardedPlugin, tts.TTS[Never]):
                 if _peak(audio.frame) > SILENCE_PEAK:
                     if reason := implausible(_samples(audio.frame)):
                         raise ImplausibleAudioError(f"{self.guard.key} probe: {reason}")
-                    return time.perf_counter() - started
+                    return run_time() - started
         finally:
             await pump.aclose()
             await stream.aclose()
@@ -149,7 +149,7 @@ class _AudioWatch:
         return self.guard.deadline.stall_s
 
     def timeout(self) -> float | None:
-        now = time.perf_counter()
+        now = run_time()
         if self.first_audio is None:
             if self.armed_at is None:
                 return 0.05  # nothing to speak yet: look again soon
@@ -165,16 +165,16 @@ class _AudioWatch:
 
     def given(self) -> None:
         """Text, a flush or the end of input was handed to the plugin just now."""
-        self.last_input = time.perf_counter()
+        self.last_input = run_time()
 
     def expired(self) -> bool:
-        now = time.perf_counter()
+        now = run_time()
         if self.first_audio is None:
             return self.armed_at is not None and now - self.armed_at >= self.first_s
         return self.input_done and now - self.quiet_since >= self.stall_s
 
     def error(self) -> Exception:
-        now = time.perf_counter()
+        now = run_time()
         if self.first_audio is None:
             assert self.armed_at is not None
             return deadline_error(
@@ -186,7 +186,7 @@ class _AudioWatch:
 
     def saw(self, frame: rtc.AudioFrame) -> None:
         """Account for one frame; raises :class:`ImplausibleAudioError` on a bad window."""
-        now = time.perf_counter()
+        now = run_time()
         if self.first_audio is not None and self.input_done:
             # the gaps the stall deadline judges: once all the text was given
             self.guard.deadline.observe_gap(now - self.quiet_since)
@@ -284,7 +284,7 @@ class GuardedChunkedStream(tts.ChunkedStream):
         async def once() -> float | None:
             nonlocal heard
             watch = _AudioWatch(guard)
-            watch.armed_at = time.perf_counter()
+            watch.armed_at = run_time()
             watch.input_done = True
             inner = self._guarded.inner.synthesize(
                 self.input_text, conn_options=self._inner_conn_options
@@ -350,7 +350,7 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
                 else:
                     inner.flush()
                     if chars and watch.armed_at is None:
-                        watch.armed_at = time.perf_counter()
+                        watch.armed_at = run_time()
 
             async def forward_input() -> None:
                 nonlocal ended
@@ -366,7 +366,7 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
                 watch.input_done = True
                 watch.given()
                 if watch.armed_at is None and chars:
-                    watch.armed_at = time.perf_counter()
+                    watch.armed_at = run_time()
 
             input_task = asyncio.create_task(forward_input())
             pump: Pump[tts.SynthesizedAudio] = Pump(inner)

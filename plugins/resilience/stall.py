@@ -37,9 +37,9 @@ drops every interim under its confidence threshold, and Google sets a confidence
 finals, so no interim ever arrives. ``expects_interims`` is a prior for callers that know.
 
 Time our own process could not run (a starved event loop, a CPU-bound neighbour) is not the
-provider's: :meth:`StallWatch.excuse` moves every clock forward by it, so a busy machine does
-not fail over a provider whose answers were waiting, unread, in our own socket buffer, nor
-teach its rhythm that time.
+provider's: callers pass ``now`` in run time (:mod:`plugins.resilience.run_clock`), so a busy
+machine does not fail over a provider whose answers were waiting, unread, in our own socket
+buffer, nor teach its rhythm that time.
 
 Separately, a flush (the end of input, or LiveKit's manual flush) that follows unanswered voiced
 audio must be answered within the first-result deadline ``first_s``. No audio follows a flush,
@@ -137,17 +137,6 @@ class StallWatch(_CallerClock):
     def flushed(self) -> bool:
         return self._flushed_at is not None
 
-    def excuse(self, lost_s: float) -> None:
-        """``lost_s`` of wall time our own process did not run: no provider owed an answer in it."""
-        if lost_s <= 0:
-            return
-        if self._unanswered_at is not None:
-            self._unanswered_at += lost_s
-        if self._quiet_at is not None:
-            self._quiet_at += lost_s
-        if self._flushed_at is not None:
-            self._flushed_at += lost_s
-
     def on_flush(self, now: float) -> None:
         if self._unanswered_at is not None and self._flushed_at is None:
             self._flushed_at = now
@@ -160,7 +149,7 @@ class StallWatch(_CallerClock):
         """
         self.answered_once = True
         # a sample is the window that would just have let this answer through: the rule
-        # needs both clocks past it, so the lesser of the two (wall time already excused)
+        # needs both clocks past it, so the lesser of the two (run time)
         if final:
             if self._quiet_at is not None and self._flushed_at is None:
                 self.endpoints.observe(min(now - self._quiet_at, self.audio_s - self._quiet_audio))
