@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,7 +18,7 @@ from bench.midstream_support import (
 )
 from plugins.chain import Chains, build_chains
 from plugins.fallback import STTFallbackAdapter
-from plugins.resilience.deadlines import DeadlineSettings
+from plugins.resilience.deadlines import DEFAULT_DEADLINES, DeadlineSettings
 from plugins.resilience.store import DocumentStore
 from plugins.sim.deepgram_sim import DeepgramSimulator
 from plugins.sim.faults import Fault, FaultType
@@ -131,15 +132,8 @@ async def test_stock_adapter_loses_the_words_spoken_before_the_stall(
 #: Stall windows far longer than a hedge's: whatever reaches the caller before them came from
 #: the hedge, not from a failover.
 PATIENT = {
-    "stt": DeadlineSettings(
-        floor_s=0.5,
-        ceiling_s=3.0,
-        stall_s=3.0,
-        stall_floor_s=0.6,
-        stall_factor=1.5,
-        stall_margin_s=0.2,
-        stall_min_samples=3,
-        endpoint_s=3.0,
+    "stt": dataclasses.replace(
+        DEFAULT_DEADLINES["stt"], ceiling_s=3.0, endpoint_s=3.0, stall_window=200
     )
 }
 

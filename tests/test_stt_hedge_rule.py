@@ -9,24 +9,16 @@ that kept up with interims is alive and is left to its stall window.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from plugins.resilience.deadlines import AdaptiveDeadline, DeadlineSettings
+from plugins.resilience.deadlines import DEFAULT_DEADLINES, AdaptiveDeadline, DeadlineSettings
 from plugins.resilience.stall import HEDGE_MIN_PAUSE_S, HedgeWatch
 
 FRAME = 0.02
 PRIOR = 0.5
-SETTINGS = DeadlineSettings(
-    floor_s=0.5,
-    ceiling_s=1.5,
-    stall_s=3.0,
-    stall_floor_s=0.6,
-    stall_factor=1.5,
-    stall_margin_s=0.2,
-    stall_min_samples=3,
-    endpoint_s=1.5,
-    hedge_s=PRIOR,
-)
+SETTINGS = dataclasses.replace(DEFAULT_DEADLINES["stt"], endpoint_s=1.5, hedge_s=PRIOR)
 
 
 class Line:
