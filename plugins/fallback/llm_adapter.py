@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,7 +58,6 @@ from plugins.fallback.telemetry import record_served
 from plugins.fallback.warm import Warmer
 from plugins.resilience.failures import ClassifiedError, EmptyResultError
 from plugins.resilience.guard import Pump
-from plugins.resilience.run_clock import run_time
 from plugins.resilience.types import FailureKind
 
 log = structlog.get_logger(__name__)
@@ -380,7 +380,7 @@ class LLMFallbackStream(FallbackLLMStream):
     def _send(self, index: int, chunk: ChatChunk) -> None:
         self._event_ch.send_nowait(chunk)
         if chunk.delta and (chunk.delta.content or chunk.delta.tool_calls):
-            now = run_time()
+            now = time.perf_counter()
             if self._pending is not None:
                 source, died_at = self._pending
                 self._pending = None

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -382,7 +383,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
             target=members[target].label,
             why=why,
             replayed_s=self._utterance.seconds,
-            started_at=run_time(),
+            started_at=time.perf_counter(),
         )
         self._adapter.hedges.append(record)
         log.info(
@@ -484,7 +485,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
                                 # floor that endpoints sooner must not take its utterance)
                                 self._racer.record.winner = members[index].label
                                 self._racer.record.won_s = (
-                                    run_time() - self._racer.record.started_at
+                                    time.perf_counter() - self._racer.record.started_at
                                 )
                                 await self._drop_racer(feed)
                             if final:
@@ -494,7 +495,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
                                 )  # a recognition stream serves utterance by utterance
                                 self._utterance.clear()
                                 if pending is not None:
-                                    pending.recovered_s = run_time() - pending.failed_at
+                                    pending.recovered_s = time.perf_counter() - pending.failed_at
                                     pending = None
                         self._event_ch.send_nowait(ev)
                 except asyncio.CancelledError:
@@ -506,7 +507,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
                             source=members[index].label,
                             target="",
                             replayed_s=0.0,
-                            failed_at=run_time(),
+                            failed_at=time.perf_counter(),
                             error=str(e),
                         )
                         adapter.switches.append(pending)
@@ -543,7 +544,7 @@ class STTFallbackRecognizeStream(FallbackRecognizeStream):
         adapter = self._adapter
         record = racer.record
         record.winner = record.target
-        record.won_s = run_time() - record.started_at
+        record.won_s = time.perf_counter() - record.started_at
         log.info(
             "STT hedge gave the final first",
             source=record.source,

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,6 @@ from plugins.fallback.warm import Warmer
 from plugins.resilience.failures import EmptyResultError, ProviderUnavailableError
 from plugins.resilience.guard import Pump
 from plugins.resilience.guard_tts import SILENCE_PEAK
-from plugins.resilience.run_clock import run_time
 
 log = structlog.get_logger(__name__)
 
@@ -488,7 +488,7 @@ class _Voice:
             # LiveKit: the instance whose audio the caller hears names the metrics
             self.adapter._active_instance = self.adapter._tts_instances[index]
             self._bridged(index)
-        self.last_audible = run_time()
+        self.last_audible = time.perf_counter()
 
     def _bridged(self, index: int) -> None:
         if self._pending is None:
@@ -496,7 +496,7 @@ class _Voice:
         source, number, error = self._pending
         self._pending = None
         members = self.adapter._tts_instances
-        now = run_time()
+        now = time.perf_counter()
         switch = VoiceSwitch(
             source=members[source].label,
             target=members[index].label,

@@ -14,6 +14,9 @@ still being incurred (the heartbeat is overdue right now) is left out too, so a 
 checked by a callback that runs before the heartbeat sees the same clock as one checked after.
 The clock is continuous and never goes backwards; outside a running loop it is wall time.
 
+Only deadlines and the latencies they learn from run on it. What the caller lived through
+(a gap, the time to recover after a failover) is measured in wall time.
+
 The cost is one timer callback per loop every 20 ms. The heartbeat is a chain of
 ``call_later`` handles rather than a task, so a loop can close with it pending and say nothing.
 """
@@ -31,9 +34,11 @@ TOLERANCE_S = 0.005
 
 
 class _Heartbeat:
+    """Holds no reference to its loop: the loop's own timer keeps it, and a closed loop (with
+    its entry in ``_beats``) can be collected."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.lost_s = 0.0
-        self._loop = loop
         self._due = time.perf_counter() + BEAT_S
         loop.call_later(BEAT_S, self._beat)
 
@@ -44,8 +49,7 @@ class _Heartbeat:
         now = time.perf_counter()
         self.lost_s += self.overdue(now)
         self._due = now + BEAT_S
-        if not self._loop.is_closed():
-            self._loop.call_later(BEAT_S, self._beat)
+        asyncio.get_running_loop().call_later(BEAT_S, self._beat)
 
 
 _beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Heartbeat] = (
@@ -64,13 +68,3 @@ def run_time() -> float:
     if beat is None:
         beat = _beats[loop] = _Heartbeat(loop)
     return now - beat.lost_s - beat.overdue(now)
-
-
-def lost_s() -> float:
-    """Seconds the running loop has been late since its clock started (0 outside a loop)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return 0.0
-    beat = _beats.get(loop)
-    return 0.0 if beat is None else beat.lost_s + beat.overdue(time.perf_counter())
