@@ -143,16 +143,7 @@ async def test_voice_change_mid_utterance_is_logged_with_the_sentence(
 @pytest.mark.parametrize(
     "midstream",
     [
-        pytest.param(
-            True,
-            id="ours",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known: ours hands Cartesia whole sentences and its plugin's tokenizer "
-                "holds each until the next arrives (~0.15 s of first audio per turn); flushing "
-                "after each sentence fixed this but broke the resume tests: not yet solved",
-            ),
-        ),
+        pytest.param(True, id="ours"),
         pytest.param(False, id="stock"),
     ],
 )
@@ -163,8 +154,9 @@ async def test_the_first_sentence_is_voiced_while_the_second_is_still_being_writ
     midstream: bool,
 ) -> None:
     """An LLM has written one sentence and the first word of the next: the caller hears the
-    first now, not a whole sentence later. Ours hands whole sentences to Cartesia's plugin, whose
-    own tokenizer would hold each back until the next arrived; stock passes tokens through."""
+    first now, not a whole sentence later. Cartesia's plugin segments the text itself and holds a
+    sentence until the next one begins, so an adapter that handed it whole sentences would hold
+    each one a sentence longer: ours hands it the text as written, as stock does."""
     chains = _chains(sims, store, clock, RecordingObserver(), midstream=midstream)
     stream = chains.tts.stream()
     try:
@@ -186,3 +178,78 @@ async def _first_audible(stream: Any) -> int:
         if pcm.size and int(np.abs(pcm).max()) > 500:
             return int(pcm.size)
     return 0
+
+
+async def test_a_voice_taking_over_mid_answer_gets_the_text_written_after_the_switch(
+    sims: tuple[CartesiaSimulator, ElevenLabsSimulator], store: DocumentStore, clock: FakeClock
+) -> None:
+    """Cartesia is cut in sentence 2 while the LLM is still writing sentence 3: ElevenLabs
+    takes over at sentence 2 and is handed the rest as it is written, once, in order: sentence
+    2 whole, then the part of sentence 3 written before the switch and the part written after."""
+    observer = RecordingObserver()
+    chains = _chains(sims, store, clock, observer)
+    adapter = chains.tts
+    assert isinstance(adapter, TTSFallbackAdapter)
+    first_chunks = math.ceil(speak_pcm(SENTENCES[0], 24_000).size / (24_000 * 40 // 1000))
+    sims[0].state.plan.once(Fault(FaultType.CUT, after_chunks=first_chunks + 4))
+    head, tail = TEXT.split(" a free visit?")
+    pcm: list[np.ndarray] = []
+    try:
+        async with adapter.stream() as stream:
+            for i in range(0, len(head), 12):
+                stream.push_text(head[i : i + 12])
+
+            async def listen() -> None:
+                async for audio in stream:
+                    pcm.append(np.frombuffer(audio.frame.data, dtype=np.int16).copy())
+
+            listener = asyncio.create_task(listen())
+            deadline = time.monotonic() + 10.0
+            while not adapter.switches and not listener.done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert adapter.switches, "Cartesia was never cut"
+            stream.push_text(" a free visit?" + tail)
+            stream.end_input()
+            await asyncio.wait_for(listener, timeout=20.0)
+    finally:
+        await chains.aclose()
+    assert [s for _, s in adapter.delivered] == SENTENCES
+    assert [v for v, _ in adapter.delivered][1:] == ["guarded[tts:elevenlabs]"] * 2
+    # ElevenLabs was billed for sentences 2 and 3 only (its plugin ends each push with a space)
+    rest = len(" ".join(SENTENCES[1:]))
+    assert rest <= sims[1].characters_used <= rest + 4
+    heard = words(transcribe(np.concatenate(pcm), adapter.sample_rate))
+    assert {"book", "visit", "free"} & set(heard), heard
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        TEXT,
+        "Dr. Smith said it costs $3.50 a month...   Really?\nYes!  It does, at acme.com today.",
+        "  Hello there, friend.   Short.  A longer sentence follows the short one here.",
+    ],
+)
+async def test_each_sentence_is_found_where_it_was_written(text: str) -> None:
+    """The resume hands the next voice the text from the first unheard sentence on: each
+    sentence LiveKit's tokenizer cut must be found exactly where it stands in the written text,
+    however the tokenizer changed the spaces around it."""
+    from plugins.fallback.tts_adapter import _Script
+
+    script = _Script()
+    words_stream = tokenize.basic.SentenceTokenizer().stream()
+    for i in range(0, len(text), 5):  # as an LLM writes it
+        script.write(text[i : i + 5])
+        words_stream.push_text(text[i : i + 5])
+    words_stream.end_input()
+    async for token in words_stream:
+        script.add(token.token)
+    script.end()
+    assert len(script.sentences) >= 2
+    for i, sentence in enumerate(script.sentences):
+        assert text[script.start_of(i) : script.ends[i]].split() == sentence.split()
+    assert not text[script.ends[-1] :].strip()
+    assert script.whole_before(script.ends[0]) == 1
+    assert script.whole_before(script.ends[0] - 1) == 0
+    assert await script.text_after(script.start_of(1)) == text[script.ends[0] :]
+    assert await script.text_after(len(text)) is None

@@ -1,4 +1,5 @@
-"""Lining up a second LLM's answer with what the caller already heard from the first."""
+"""Lining up text: a second LLM's answer with what the caller already heard from the first, and
+a tokenizer's sentences with the text they were cut from."""
 
 from __future__ import annotations
 
@@ -10,6 +11,27 @@ _WS = re.compile(r"\s+")
 
 def _norm(text: str) -> str:
     return _WS.sub(" ", text).strip().lower()
+
+
+def non_space(text: str) -> int:
+    """How many characters of ``text`` are not whitespace."""
+    return len(_WS.sub("", text))
+
+
+def after_non_space(text: str, count: int, start: int = 0) -> int:
+    """The index in ``text`` just after the ``count``-th non-space character from ``start``
+    (``start`` itself when ``count`` is 0; ``len(text)`` when there are fewer): where a
+    tokenizer's output, which keeps the characters and changes only the spaces, ends in its
+    input."""
+    if count <= 0:
+        return start
+    seen = 0
+    for i in range(start, len(text)):
+        if not text[i].isspace():
+            seen += 1
+            if seen == count:
+                return i + 1
+    return len(text)
 
 
 def sentences(text: str) -> list[str]:
@@ -54,16 +76,7 @@ class Aligner:
         return self._diverged()
 
     def _release_after_said(self) -> str:
-        # skip exactly as many non-space characters as ``said`` has
-        target = len(_WS.sub("", self.said))
-        seen = 0
-        cut = 0
-        for i, ch in enumerate(self._held):
-            if not ch.isspace():
-                seen += 1
-            if seen == target:
-                cut = i + 1
-                break
+        cut = after_non_space(self._held, non_space(self.said))
         self._passing = True
         rest = self._held[cut:]
         self._held = ""

@@ -8,10 +8,11 @@ so time-to-first-byte includes the time spent failing over), LiveKit's own backg
 recovery for members we do not guard, and ``APIConnectionError`` when every member failed.
 
 Each member is used the way LiveKit uses it: in ``stream()``, a member that streams gets one
-``stream()`` for the whole utterance (a WebSocket TTS such as Cartesia or ElevenLabs keeps one
-connection and one context: no per-sentence request, no prosody break) and a member that does
-not stream gets one ``synthesize()`` per sentence (LiveKit's ``StreamAdapter`` does the same);
-``synthesize()`` asks the members' ``synthesize()``.
+``stream()`` for the whole utterance, fed the text as it is written (a WebSocket TTS such as
+Cartesia or ElevenLabs keeps one connection and one context: no per-sentence request, no
+prosody break; its plugin segments the text, so nothing is held back twice) and a member that
+does not stream gets one ``synthesize()`` per sentence (LiveKit's ``StreamAdapter`` does the
+same); ``synthesize()`` asks the members' ``synthesize()``.
 
 On top of it: LiveKit gives up on an utterance once audio was pushed (the caller hears half an
 answer, then silence). Ours knows which sentences the caller heard whole - per sentence for
@@ -44,6 +45,7 @@ Where we differ from LiveKit, deliberately:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +60,7 @@ from livekit.agents.tts.fallback_adapter import DEFAULT_FALLBACK_API_CONNECT_OPT
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 from livekit.agents.voice.io import TimedString
 
+from plugins.fallback.align import after_non_space, non_space
 from plugins.fallback.cursor import ChainCursor, TierSelector, Walk
 from plugins.fallback.telemetry import record_served
 from plugins.fallback.warm import Warmer
@@ -187,15 +190,31 @@ class _RacerFailedError(Exception):
 
 
 class _Script:
-    """The utterance's sentences, as they become known."""
+    """The utterance as it is written: its text, and its sentences as they become known.
+
+    A member that streams is handed the text as written (LiveKit's own adapter does the same):
+    its plugin segments it, and a member that got whole sentences instead would hold each
+    one back until the next arrived. The sentences, and where each ends in the text, are
+    for the resume: a member taking over starts at the first sentence the caller did not
+    hear whole.
+    """
 
     def __init__(self) -> None:
+        self.text = ""
         self.sentences: list[str] = []
+        self.ends: list[int] = []  # where each sentence ends in ``text``
         self.ended = False
         self._changed = asyncio.Event()
 
+    def write(self, text: str) -> None:
+        if text:
+            self.text += text
+            self._changed.set()
+
     def add(self, sentence: str) -> None:
         if sentence.strip():
+            start = self.ends[-1] if self.ends else 0
+            self.ends.append(after_non_space(self.text, non_space(sentence), start))
             self.sentences.append(sentence.strip())
             self._changed.set()
 
@@ -203,14 +222,34 @@ class _Script:
         self.ended = True
         self._changed.set()
 
-    async def get(self, index: int) -> str | None:
-        """Sentence ``index`` once known; ``None`` when the utterance ended before it."""
-        while index >= len(self.sentences):
-            if self.ended:
-                return None
+    def start_of(self, index: int) -> int:
+        """Where sentence ``index`` starts in ``text`` (the sentences before it are known)."""
+        return self.ends[index - 1] if index else 0
+
+    def whole_before(self, offset: int) -> int:
+        """How many sentences end at or before ``offset`` in ``text``."""
+        return bisect.bisect_right(self.ends, offset)
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        while not ready() and not self.ended:
             self._changed.clear()
             await self._changed.wait()
-        return self.sentences[index]
+
+    async def get(self, index: int) -> str | None:
+        """Sentence ``index`` once known; ``None`` when the utterance ended before it."""
+        await self._until(lambda: index < len(self.sentences))
+        return self.sentences[index] if index < len(self.sentences) else None
+
+    async def text_after(self, offset: int) -> str | None:
+        """The text written after ``offset``, once there is some; ``None`` when the utterance
+        ended (its last sentence is known by then) with nothing more."""
+        await self._until(lambda: len(self.text) > offset)
+        return self.text[offset:] if len(self.text) > offset else None
+
+    async def anything(self) -> bool:
+        """Whether the utterance has something to say (waits for its first word)."""
+        await self._until(lambda: bool(self.text.strip()))
+        return bool(self.text.strip())
 
 
 class _Take:
@@ -313,7 +352,7 @@ class _Voice:
     async def speak(self, walk: Walk[tts.TTS[Any]]) -> int | None:
         """Speak everything; returns the index of the member that finished it (``None``:
         there was nothing to say). Raises ``APIConnectionError`` when nobody could."""
-        if await self.script.get(0) is None:
+        if not await self.script.anything():
             return None
         members = self.adapter._tts_instances
         order = list(walk.order)
@@ -378,7 +417,11 @@ class _Voice:
         members = self.adapter._tts_instances
         self._owner = None
         self._racers = {first: asyncio.create_task(self._stream_on(first))}
+        # the voice is late from when it has a whole sentence to say, not from the first word
+        said = asyncio.ensure_future(self.script.get(self.done))
         try:
+            await asyncio.wait([self._racers[first], said], return_when=asyncio.FIRST_COMPLETED)
+            said.cancel()
             await asyncio.wait([self._racers[first]], timeout=delay)
             if not self._racers[first].done() and self._owner is None:
                 log.info(
@@ -440,17 +483,27 @@ class _Voice:
     async def _stream_on(self, index: int) -> None:
         """A member that streams: one ``stream()`` for the rest of the utterance."""
         member = self.adapter._tts_instances[index]
+        script = self.script
         start = self.done
-        pushed: list[str] = []
+        given = script.start_of(start)  # how far into the text this member was handed
         take = _Take(self, index)
         timed: list[TimedString] = []
         stream = member.stream(conn_options=self.conn)
 
+        def pushed() -> list[str]:
+            """The sentences handed to this member whole."""
+            return script.sentences[start : script.whole_before(given)]
+
         async def feed() -> None:
-            while (sentence := await self.script.get(start + len(pushed))) is not None:
-                self._text_out()
-                stream.push_text(f" {sentence}" if pushed else sentence)
-                pushed.append(sentence)
+            nonlocal given
+            began = False
+            while (text := await script.text_after(given)) is not None:
+                given += len(text)
+                text = text if began else text.lstrip()  # no leading space on a resume
+                if text:
+                    began = True
+                    self._text_out()
+                    stream.push_text(text)
             stream.end_input()
 
         feeder = asyncio.create_task(feed())
@@ -463,17 +516,18 @@ class _Voice:
                 take.push(audio.frame)
             if feeder.done() and (error := feeder.exception()) is not None:
                 raise error
-            take.finish(member.label, expected=bool(pushed))
+            take.finish(member.label, expected=bool(pushed()))
         except BaseException:
             # held silence never reached the caller: nothing of this take was heard
-            heard = _heard_whole(pushed, timed, take.member_s) if take.reached_caller else 0
-            self._delivered(index, pushed[:heard])
+            whole = pushed()
+            heard = _heard_whole(whole, timed, take.member_s) if take.reached_caller else 0
+            self._delivered(index, whole[:heard])
             raise
         finally:
             await utils.aio.cancel_and_wait(feeder)
             await pump.aclose()
             await stream.aclose()
-        self._delivered(index, pushed)
+        self._delivered(index, pushed())
 
     def _delivered(self, index: int, sentences: list[str]) -> None:
         label = self.adapter._tts_instances[index].label
@@ -558,6 +612,7 @@ class TTSFallbackChunkedStream(tts.FallbackChunkedStream):
             mime_type="audio/pcm",
         )
         script = _Script()
+        script.write(self._input_text)
         for sentence in adapter.tokenizer.tokenize(self._input_text):
             script.add(sentence)
         script.end()
@@ -598,6 +653,7 @@ class TTSFallbackSynthesizeStream(tts.FallbackSynthesizeStream):
                 if isinstance(data, str):
                     if data:
                         self._pushed_tokens.append(data)
+                    script.write(data)
                     words.push_text(data)
                 else:
                     words.flush()
