@@ -429,10 +429,9 @@ async def _simulators() -> tuple[dict[str, str], list[Any]]:
     # The provider's recogniser and voice run on the provider's machines, not the worker's: the
     # Deepgram simulator answers with the caller's script, and the Cartesia simulator voices
     # each distinct reply once (hibari) and replays it, so the simulators' own CPU stays small.
-    deepgram_sim.transcribe = lambda pcm, sample_rate: SIM_STT_TEXT
     cartesia_sim.speak = _memoised_voice(cartesia_sim.speak)  # type: ignore[attr-defined]
     sims: dict[str, Any] = {
-        "deepgram": deepgram_sim.DeepgramSimulator(),
+        "deepgram": deepgram_sim.DeepgramSimulator(script=SIM_STT_TEXT),
         "openai": OpenAISimulator(flavor="openai", token_interval_s=0.01),
         "cartesia": CartesiaSimulator(),
     }

@@ -85,6 +85,36 @@ async def test_live_transcript_is_the_words_spoken(
     assert sim.state.log.count("WS /v1/listen") == 1
 
 
+async def test_a_scripted_simulator_hears_its_script_without_recognising(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A load test's Deepgram: every utterance is heard as the script (a cloud recogniser
+    decodes on the provider's machines, not on the worker's cores), interims grow word by word,
+    and no PocketSphinx decoder is taken."""
+    from plugins.local.sphinx_stt import SphinxEngine
+
+    script = "I would like to know your pricing"
+    engine = SphinxEngine.shared()
+    acquire = engine.acquire
+    taken: list[object] = []
+    engine.acquire = lambda: taken.append(1) or acquire()  # type: ignore[method-assign]
+    try:
+        async with DeepgramSimulator(script=script, interim_every_s=0.5) as sim:
+            result = await run_stt(make_stt(sim, http, interim_results=True), spoken(TEXT))
+    finally:
+        engine.acquire = acquire  # type: ignore[method-assign]
+    assert result.error is None
+    assert [words_of(text) for text in result.finals] == [words_of(script)]
+    interims = [
+        words_of(ev.alternatives[0].text)
+        for ev in result.events
+        if ev.type is Kind.INTERIM_TRANSCRIPT
+    ]
+    assert interims and all(words == words_of(script)[: len(words)] for words in interims)
+    assert len(interims[0]) < len(words_of(script))
+    assert taken == []
+
+
 async def test_two_utterances_give_two_finals_in_order(
     sim: DeepgramSimulator, http: aiohttp.ClientSession
 ) -> None:

@@ -58,6 +58,7 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from plugins.fallback.cursor import ChainCursor, TierSelector
 from plugins.fallback.warm import Warmer
+from plugins.resilience.guard import get_within
 from plugins.resilience.guard_stt import TRANSCRIPT_EVENTS, VOICED_RMS, frame_rms
 from plugins.resilience.run_clock import run_time
 from plugins.resilience.stall import HedgeWatch
@@ -266,7 +267,7 @@ class _Feed:
         self, timeout: float
     ) -> tuple[stt.RecognizeStream, stt.SpeechEvent | _Ended] | None:
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            return await get_within(self.queue, timeout)
         except TimeoutError:
             return None
 

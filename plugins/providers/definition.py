@@ -135,7 +135,10 @@ class Provider:
     key_help: str = ""  # what enables it, when more than its api_key does
     errors: ErrorPhrases = field(default_factory=ErrorPhrases)  # joined with the generic ones
     simulator: SimulatorHook | None = None
-    plugin_modules: tuple[str, ...] = ()  # LiveKit plugins: must be imported on the main thread
+    #: imported once at start-up, on the main thread: the LiveKit plugin (it must be), and any
+    #: SDK module it would import lazily on a call's first request, so forked job processes
+    #: inherit it instead of paying for it at the caller's first turn
+    plugin_modules: tuple[str, ...] = ()
     #: the rate-limit headers its responses carry (headroom for the balancer), if any
     rate_limits: tuple[RateLimitSignal, ...] = ()
 

@@ -18,6 +18,7 @@ from plugins.providers.definition import (
     SimulatorHook,
 )
 from plugins.providers.openai import ERRORS as OPENAI_ERRORS
+from plugins.providers.openai import PLUGIN_MODULES as OPENAI_PLUGIN_MODULES
 from plugins.providers.openai import chat_kwargs, openai_client
 from plugins.resilience.headroom import RateLimitSignal
 from plugins.resilience.phrases import ErrorPhrases
@@ -108,7 +109,7 @@ LLM = Provider(
         request=OPENAI_ERRORS.request,
     ),
     simulator=SimulatorHook("openrouter", _simulator),
-    plugin_modules=("livekit.plugins.openai",),
+    plugin_modules=OPENAI_PLUGIN_MODULES,
     # only its own 429 carries them (successes carry none): the reset is an epoch in ms
     rate_limits=(
         RateLimitSignal(

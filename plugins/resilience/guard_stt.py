@@ -47,7 +47,7 @@ TRANSCRIPT_EVENTS = (
 
 def frame_rms(frame: rtc.AudioFrame) -> float:
     data = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
-    return float(np.sqrt(np.mean(data * data))) if data.size else 0.0
+    return float(np.sqrt(np.dot(data, data) / data.size)) if data.size else 0.0  # per frame
 
 
 def _frames(buffer: AudioBuffer) -> list[rtc.AudioFrame]:

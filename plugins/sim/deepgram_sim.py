@@ -40,7 +40,7 @@ from plugins.sim.fault_schedule import (
 )
 from plugins.sim.faults import Fault, FaultType, SimState
 from plugins.sim.http_common import HttpSimulator, run_cli
-from plugins.sim.streaming_asr import INTERIM_EVERY_S, PartialDecoder
+from plugins.sim.streaming_asr import INTERIM_EVERY_S, PartialDecoder, ScriptedDecoder
 from plugins.sim.tts_audio import spread
 
 log = structlog.get_logger(__name__)
@@ -315,7 +315,8 @@ class DeepgramSimulator(HttpSimulator):
 
     ``min_endpoint_s`` is the least trailing silence that ends an utterance (see
     :class:`EnergyEndpointer`); ``interim_every_s`` how often interim results are sent while
-    someone speaks.
+    someone speaks. ``script``: every utterance is heard as this text instead of being
+    recognised (a load test: see :class:`~plugins.sim.streaming_asr.ScriptedDecoder`).
     """
 
     name = "deepgram"
@@ -328,8 +329,10 @@ class DeepgramSimulator(HttpSimulator):
         min_endpoint_s: float = 0.5,
         interim_every_s: float = INTERIM_EVERY_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        script: str | None = None,
     ) -> None:
         super().__init__(state)
+        self.script = script
         self.min_endpoint_s = min_endpoint_s
         self.interim_every_s = interim_every_s
         self.idle_timeout_s = idle_timeout_s
@@ -400,7 +403,12 @@ class DeepgramSimulator(HttpSimulator):
             await self.park(fault.delay_s)
 
         empty = fault is not None and fault.type in (FaultType.EMPTY, FaultType.SILENT)
-        text = "" if empty else await asyncio.to_thread(transcribe, pcm, rate)
+        if empty:
+            text = ""
+        elif self.script is not None:
+            text = self.script
+        else:
+            text = await asyncio.to_thread(transcribe, pcm, rate)
         request_id = str(uuid.uuid4())
         channel: dict[str, Any] = {
             "alternatives": [
@@ -536,7 +544,7 @@ class _LiveSocket:
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._last_interim = 0.0
         self._interim_queued = False  # one interim waits at most: they are snapshots
-        self._partial: PartialDecoder | None = None
+        self._partial: PartialDecoder | ScriptedDecoder | None = None
         self._partial_of: Utterance | None = None
         self._actor: StreamActor[str] | None = None
         self._send_lock = asyncio.Lock()
@@ -738,7 +746,7 @@ class _LiveSocket:
         fault = self._actor.fault if self._actor is not None else None
         if self._partial_of is not utt:
             await self._drop_partial()
-            self._partial, self._partial_of = PartialDecoder(self._opts.sample_rate), utt
+            self._partial, self._partial_of = self._decoder(), utt
         partial = self._partial
         assert partial is not None
         if final:
@@ -747,6 +755,11 @@ class _LiveSocket:
             await asyncio.to_thread(partial.close)
             return ""
         return await asyncio.to_thread(partial.finish if final else partial.advance, pcm)
+
+    def _decoder(self) -> PartialDecoder | ScriptedDecoder:
+        if self._sim.script is not None:
+            return ScriptedDecoder(self._sim.script, self._opts.sample_rate)
+        return PartialDecoder(self._opts.sample_rate)
 
     async def _drop_partial(self) -> None:
         partial, self._partial, self._partial_of = self._partial, None, None

@@ -22,6 +22,8 @@ Pcm = npt.NDArray[np.int16]
 #: How often a simulator sends an interim result while someone speaks (seconds of audio);
 #: Deepgram's documented examples show each interim covering about one more second.
 INTERIM_EVERY_S = 1.0
+#: A brisk caller's pace: how many words of a script an interim result has reached per second.
+SCRIPT_WORDS_PER_S = 3.0
 
 
 class PartialDecoder:
@@ -99,3 +101,28 @@ class PartialDecoder:
         decoder, self._decoder = self._decoder, None
         if decoder is not None:
             self._engine.release(decoder)
+
+
+class ScriptedDecoder:
+    """A recogniser that "hears" a fixed script, for load tests: a cloud recogniser decodes on
+    the provider's machines, so a simulator standing in for hundreds of callers must not spend
+    the worker's CPU (nor hold the GIL of the process that serves every call) on PocketSphinx.
+    Interim results are the script's first words at a brisk caller's pace; the final is the
+    whole script. The same interface as :class:`PartialDecoder`."""
+
+    def __init__(self, script: str, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.consumed = 0
+        self._words = script.split()
+
+    def advance(self, pcm: Pcm) -> str:
+        self.consumed = pcm.size
+        heard = int(SCRIPT_WORDS_PER_S * self.consumed / self.sample_rate)
+        return " ".join(self._words[: max(1, heard)])
+
+    def finish(self, pcm: Pcm) -> str:
+        self.consumed = pcm.size
+        return " ".join(self._words)
+
+    def close(self) -> None:
+        pass
