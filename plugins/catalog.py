@@ -174,7 +174,7 @@ CATALOG: Catalog = load_catalog()
 
 
 def import_plugins(catalog: Catalog = CATALOG) -> None:
-    """Import every LiveKit plugin a provider may build.
+    """Import every LiveKit plugin a provider may build, and run the providers' preloads.
 
     LiveKit plugins register themselves on import and refuse to do so off the main thread (the
     console runs jobs in a thread): the worker calls this at start-up, on the main thread.
@@ -188,6 +188,12 @@ def import_plugins(catalog: Catalog = CATALOG) -> None:
         )
     for module in catalog.plugin_modules():
         importlib.import_module(module)
+    for provider in {p.preload: p for p in catalog.providers.values() if p.preload}.values():
+        assert provider.preload is not None
+        try:
+            provider.preload()
+        except Exception as e:  # each call will do that work itself: slower, not broken
+            log.warning("provider preload failed", provider=provider.name, error=str(e))
 
 
 def definition_for(spec: ProviderSpec, catalog: Catalog = CATALOG) -> Provider:

@@ -467,3 +467,30 @@ async def test_an_in_band_error_on_a_pooled_socket_is_classified_by_its_status(
     assert [f.kind for _, f, _ in observer.failures] == [kind]
     assert (await store.health(KEY)).state is BreakerState.OPEN  # at once, not after 3
     await chains.aclose()
+
+
+async def test_a_streamed_answer_spoken_while_still_written_is_timed_from_its_first_sentence(
+    sim: CartesiaSimulator, store: DocumentStore
+) -> None:
+    """Cartesia speaks the first sentence while the LLM is still writing: its first-audio
+    latency is measured from when that sentence was complete (what the deadline learns from),
+    so it is neither negative (audio before the end of input) nor the LLM's writing time."""
+    observer = RecordingObserver()
+    guard = Guard(KEY, store, deadline=AdaptiveDeadline(FAST["tts"]), observers=[observer])
+    guarded = GuardedTTS(cartesia.TTS(api_key="sim-key", base_url=sim.base_url), guard)
+    stream = guarded.stream()
+    try:
+        stream.push_text("Thanks for calling Sunny Solar today. We")
+        first = await anext(stream)  # audio while the answer is still being written
+        assert first.frame.samples_per_channel > 0
+        stream.push_text(" install panels and batteries.")
+        stream.end_input()
+        async for _ in stream:
+            pass
+    finally:
+        await stream.aclose()
+        await guard.drain()
+        await guarded.aclose()
+    [(key, latency)] = observer.successes
+    assert key == KEY and latency is not None
+    assert 0.0 < latency < FAST["tts"].ceiling_s

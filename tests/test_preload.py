@@ -18,6 +18,8 @@ def test_the_worker_imports_what_a_calls_first_answer_would_import() -> None:
         from plugins.catalog import import_plugins
         assert "openai.resources.chat.chat" not in sys.modules
         import_plugins()
+        from plugins.providers.openai import _tls
+        assert _tls.cache_info().currsize == 1, "the TLS context is made in the job process"
         import openai
         before = set(sys.modules)
         openai.AsyncOpenAI(api_key="sim-key").chat.completions

@@ -135,10 +135,10 @@ class Provider:
     key_help: str = ""  # what enables it, when more than its api_key does
     errors: ErrorPhrases = field(default_factory=ErrorPhrases)  # joined with the generic ones
     simulator: SimulatorHook | None = None
-    #: imported once at start-up, on the main thread: the LiveKit plugin (it must be), and any
-    #: SDK module it would import lazily on a call's first request, so forked job processes
-    #: inherit it instead of paying for it at the caller's first turn
-    plugin_modules: tuple[str, ...] = ()
+    plugin_modules: tuple[str, ...] = ()  # LiveKit plugins: must be imported on the main thread
+    #: work done once where the worker starts, before it forks job processes (which inherit
+    #: it): what the provider's SDK would otherwise do lazily, at every call's first turn
+    preload: Callable[[], None] | None = None
     #: the rate-limit headers its responses carry (headroom for the balancer), if any
     rate_limits: tuple[RateLimitSignal, ...] = ()
 

@@ -5,6 +5,9 @@ Any OpenAI-compatible server (a proxy, a self-hosted model) is reached by settin
 
 from __future__ import annotations
 
+import functools
+import importlib
+import ssl
 from typing import Any
 
 import aiohttp
@@ -74,8 +77,18 @@ RATE_LIMITS = (
 )
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    import httpx2
+
+    return httpx2.create_ssl_context()
+
+
 def openai_client(spec: ProviderSpec, ctx: BuildContext, default_base_url: str) -> Any:
-    """An OpenAI SDK client like the plugin's own, plus the tap's response hook (or None)."""
+    """An OpenAI SDK client like the plugin's own, plus the tap's response hook (or None).
+
+    Its TLS settings are one context per process, made where the worker imports its plugins:
+    loading the CA bundle costs about 25 ms of CPU per client, which every call would pay."""
     if ctx.tap is None:
         return None
     import httpx2
@@ -86,6 +99,7 @@ def openai_client(spec: ProviderSpec, ctx: BuildContext, default_base_url: str) 
         base_url=spec.base_url or default_base_url,
         max_retries=0,
         http_client=httpx2.AsyncClient(
+            verify=_tls(),
             timeout=httpx2.Timeout(connect=15.0, read=5.0, write=5.0, pool=5.0),
             follow_redirects=True,
             limits=httpx2.Limits(
@@ -151,9 +165,15 @@ def _simulator(options: SimOptions) -> SimServer:
 
 
 SIMULATOR = SimulatorHook("openai", _simulator)
-#: the plugin, and the chat resources the OpenAI SDK imports on first use (about 0.1 s of CPU:
-#: its pydantic stream types), which every call's first answer would otherwise wait for
-PLUGIN_MODULES = ("livekit.plugins.openai", "openai.resources.chat.chat")
+PLUGIN_MODULES = ("livekit.plugins.openai",)
+
+
+def preload() -> None:
+    """What the OpenAI SDK does on first use, done before the worker forks: its chat resources
+    (about 0.1 s of CPU building their pydantic stream types) and our clients' TLS context."""
+    importlib.import_module("openai.resources.chat.chat")
+    _tls()
+
 
 LLM = Provider(
     slot="llm",
@@ -170,6 +190,7 @@ LLM = Provider(
     errors=ERRORS,
     simulator=SIMULATOR,
     plugin_modules=PLUGIN_MODULES,
+    preload=preload,
     rate_limits=RATE_LIMITS,
 )
 
@@ -190,6 +211,7 @@ WHISPER = Provider(
     errors=ERRORS,
     simulator=SIMULATOR,
     plugin_modules=PLUGIN_MODULES,
+    preload=preload,
     rate_limits=RATE_LIMITS,
 )
 

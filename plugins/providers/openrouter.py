@@ -20,6 +20,7 @@ from plugins.providers.definition import (
 from plugins.providers.openai import ERRORS as OPENAI_ERRORS
 from plugins.providers.openai import PLUGIN_MODULES as OPENAI_PLUGIN_MODULES
 from plugins.providers.openai import chat_kwargs, openai_client
+from plugins.providers.openai import preload as openai_preload
 from plugins.resilience.headroom import RateLimitSignal
 from plugins.resilience.phrases import ErrorPhrases
 from plugins.spec import ProviderSpec
@@ -110,6 +111,7 @@ LLM = Provider(
     ),
     simulator=SimulatorHook("openrouter", _simulator),
     plugin_modules=OPENAI_PLUGIN_MODULES,
+    preload=openai_preload,
     # only its own 429 carries them (successes carry none): the reset is an epoch in ms
     rate_limits=(
         RateLimitSignal(

@@ -45,9 +45,19 @@ TRANSCRIPT_EVENTS = (
 )
 
 
+_RMS_KEY = "never_silent.rms"
+
+
 def frame_rms(frame: rtc.AudioFrame) -> float:
-    data = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
-    return float(np.sqrt(np.dot(data, data) / data.size)) if data.size else 0.0  # per frame
+    """The frame's RMS level, computed once per frame (the adapter and the guard both ask, 50
+    times a second a call) and kept in its ``userdata``."""
+    rms = frame.userdata.get(_RMS_KEY)
+    if rms is None:
+        data = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
+        rms = frame.userdata[_RMS_KEY] = (
+            float(np.sqrt(np.dot(data, data) / data.size)) if data.size else 0.0
+        )
+    return float(rms)
 
 
 def _frames(buffer: AudioBuffer) -> list[rtc.AudioFrame]:

@@ -1,9 +1,9 @@
 """``GuardedTTS``: any LiveKit TTS behind the shared breaker, a first-audio deadline and metering.
 
 Both paths are guarded: ``synthesize`` (one text, chunked) and ``stream`` (text pushed as the
-LLM writes it). For a stream the first-audio clock starts when there is something to speak
-(a flush or the end of input), not when the first token arrives, so a slow LLM is never blamed
-on the TTS. Audio that is all silence counts as an empty result; audio that cannot be speech
+LLM writes it). For a stream the first-audio clock starts when there is something to speak (a
+whole sentence - its end and the start of the next - a flush, or the end of input), not when
+the first token arrives, so a slow LLM is never blamed on the TTS. Audio that is all silence counts as an empty result; audio that cannot be speech
 (:mod:`plugins.resilience.speech_check`: noise, clipping, bytes read as samples) as an error
 inside the answer, and its first window is held back until judged, so the caller never hears
 it; an answer that ends with far less audio than its text needs as a cut. All three raise
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Never
 
@@ -35,6 +36,9 @@ from plugins.resilience.speech_check import SpeechCheck, implausible, min_speech
 
 #: Peak amplitude (int16) below which synthesized audio counts as silence.
 SILENCE_PEAK = 64
+#: A sentence has been written: its end, then the next one begins (what a TTS plugin's sentence
+#: tokenizer waits for before it speaks the sentence).
+_SENTENCE_WRITTEN = re.compile(r"[.!?][\"')\]]*\s+\S")
 
 
 def _samples(frame: rtc.AudioFrame) -> npt.NDArray[np.int16]:
@@ -193,6 +197,8 @@ class _AudioWatch:
         self.last_audio = now
         if self.first_audio is None:
             self.first_audio = self.last_audio
+            if self.armed_at is None:  # spoken before a sentence was complete: no lateness
+                self.armed_at = now
         if not self.audible and _peak(frame) > SILENCE_PEAK:
             self.audible = True
         reason = self.speech.feed(_samples(frame), frame.sample_rate, frame.num_channels)
@@ -339,14 +345,19 @@ class GuardedSynthesizeStream(tts.SynthesizeStream):
             inner = self._guarded.inner.stream(conn_options=self._inner_conn_options)
             chars = 0
             spoken = 0
+            tail = ""  # the end of the text given so far: where a sentence may be ending
 
             def push(data: str | None) -> None:
-                nonlocal chars, spoken
+                nonlocal chars, spoken, tail
                 watch.given()
                 if data is not None:
                     chars += len(data)
                     spoken += spoken_chars(data)
                     inner.push_text(data)
+                    if watch.armed_at is None:
+                        tail = (tail + data)[-64:]
+                        if _SENTENCE_WRITTEN.search(tail):
+                            watch.armed_at = run_time()
                 else:
                     inner.flush()
                     if chars and watch.armed_at is None:
