@@ -116,16 +116,27 @@ async def test_failed_voice_resumes_at_the_first_unspoken_sentence(
     assert {"book", "visit"} & set(heard) or {"free", "would"} & set(heard), heard
 
 
+def _cut_in_sentence_two(
+    sims: tuple[CartesiaSimulator, ElevenLabsSimulator],
+    store: DocumentStore,
+    clock: FakeClock,
+    observer: RecordingObserver,
+) -> tuple[Chains, TTSFallbackAdapter]:
+    """Chains whose Cartesia context (one carries the utterance) is cut a few chunks into
+    sentence 2."""
+    chains = _chains(sims, store, clock, observer)
+    adapter = chains.tts
+    assert isinstance(adapter, TTSFallbackAdapter)
+    first_chunks = math.ceil(speak_pcm(SENTENCES[0], 24_000).size / (24_000 * 40 // 1000))
+    sims[0].state.plan.once(Fault(FaultType.CUT, after_chunks=first_chunks + 4))
+    return chains, adapter
+
+
 async def test_voice_change_mid_utterance_is_logged_with_the_sentence(
     sims: tuple[CartesiaSimulator, ElevenLabsSimulator], store: DocumentStore, clock: FakeClock
 ) -> None:
     observer = RecordingObserver()
-    chains = _chains(sims, store, clock, observer)
-    adapter = chains.tts
-    assert isinstance(adapter, TTSFallbackAdapter)
-    # one WebSocket context carries the utterance: cut it a few chunks into sentence 2
-    first_chunks = math.ceil(speak_pcm(SENTENCES[0], 24_000).size / (24_000 * 40 // 1000))
-    sims[0].state.plan.once(Fault(FaultType.CUT, after_chunks=first_chunks + 4))
+    chains, adapter = _cut_in_sentence_two(sims, store, clock, observer)
     try:
         spoken = await speak(adapter, TEXT, time.perf_counter)
     finally:
@@ -187,11 +198,7 @@ async def test_a_voice_taking_over_mid_answer_gets_the_text_written_after_the_sw
     takes over at sentence 2 and is handed the rest as it is written, once, in order: sentence
     2 whole, then the part of sentence 3 written before the switch and the part written after."""
     observer = RecordingObserver()
-    chains = _chains(sims, store, clock, observer)
-    adapter = chains.tts
-    assert isinstance(adapter, TTSFallbackAdapter)
-    first_chunks = math.ceil(speak_pcm(SENTENCES[0], 24_000).size / (24_000 * 40 // 1000))
-    sims[0].state.plan.once(Fault(FaultType.CUT, after_chunks=first_chunks + 4))
+    chains, adapter = _cut_in_sentence_two(sims, store, clock, observer)
     head, tail = TEXT.split(" a free visit?")
     pcm: list[np.ndarray] = []
     try:
