@@ -188,12 +188,12 @@ def import_plugins(catalog: Catalog = CATALOG) -> None:
         )
     for module in catalog.plugin_modules():
         importlib.import_module(module)
-    for provider in {p.preload: p for p in catalog.providers.values() if p.preload}.values():
-        assert provider.preload is not None
+    preloads = {p.preload: p.name for p in catalog.providers.values() if p.preload is not None}
+    for preload, name in preloads.items():  # once each: providers may share one
         try:
-            provider.preload()
+            preload()
         except Exception as e:  # each call will do that work itself: slower, not broken
-            log.warning("provider preload failed", provider=provider.name, error=str(e))
+            log.warning("provider preload failed", provider=name, error=str(e))
 
 
 def definition_for(spec: ProviderSpec, catalog: Catalog = CATALOG) -> Provider:

@@ -421,7 +421,6 @@ class _Voice:
         said = asyncio.ensure_future(self.script.get(self.done))
         try:
             await asyncio.wait([self._racers[first], said], return_when=asyncio.FIRST_COMPLETED)
-            said.cancel()
             await asyncio.wait([self._racers[first]], timeout=delay)
             if not self._racers[first].done() and self._owner is None:
                 log.info(
@@ -455,6 +454,7 @@ class _Voice:
                     self._failed(walk, index, error)
             raise _RacerFailedError(reported, errors[reported], last=later)
         finally:
+            said.cancel()
             for task in self._racers.values():
                 if not task.done():
                     task.cancel()
