@@ -324,7 +324,10 @@ async def main_async(limit: float, cases: tuple[str, ...] = CASES) -> str:
 
     def row(case: str, expected: list[str], ours: Outcome, stock: Outcome) -> None:
         for outcome in (ours, stock):
-            if lcs(expected, outcome.got) < 0.9 * len(expected):  # the rest never came
+            # the rest never came: a sentence or more is missing. PocketSphinx's own noise is
+            # smaller: healthy runs of the same voice heard 18-21 of 21 words (at 0.9 a run
+            # that misheard one more word than the reference read as "never")
+            if lcs(expected, outcome.got) < 0.75 * len(expected):
                 outcome.gap_s = outcome.recover_s = None
         line = (
             f"| {case} | {fmt_ms(ours.gap_s)} | {fmt_ms(stock.gap_s)} | "
