@@ -76,12 +76,14 @@ class HealthEndpoint:
         log.info("health endpoint listening", port=self.port, liveness="/", readiness="/ready")
 
     async def aclose(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        """Idempotent, also when two closes overlap (the register deadline's and the CLI's):
+        each resource is taken before it is awaited, so only one close cleans it up."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
         self._sock.close()
 
     async def _livekit(self, path: str) -> tuple[int, str, str]:

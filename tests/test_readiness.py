@@ -145,3 +145,20 @@ async def test_dotenv_worker_registers_and_is_ready_only_while_it_can_take_calls
     # The call itself fails to join its room (the dispatch server hosts none); the worker not.
     log = worker.log(tail=1_000_000)
     assert '"worker failed"' not in log and '"worker stopped"' not in log
+
+
+async def test_the_health_endpoint_closes_once_when_two_closes_overlap() -> None:
+    """A worker that could not register closes itself while the CLI closes it too: the second
+    close must not fail on what the first one is already cleaning up (it logged a traceback
+    after the one-line error)."""
+    from agent.readiness import HealthEndpoint
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    endpoint = HealthEndpoint(sock)
+    await endpoint.start()
+    port = endpoint.port
+    await asyncio.gather(endpoint.aclose(), endpoint.aclose())
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
