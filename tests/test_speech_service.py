@@ -76,6 +76,8 @@ _JOB = textwrap.dedent(
     from plugins.local.hibari_tts import HibariTTS
     client = service_client()
     pcm = np.load(sys.argv[1])
+    print("ready", flush=True)
+    sys.stdin.readline()  # both jobs are loaded: the test lets them call together
     started = time.time()
     text = client.transcribe(pcm, 8000, timeout_s=60)
     audio = client.synthesize("Thanks, talk soon.", timeout_s=60)
@@ -98,12 +100,20 @@ def test_one_service_serves_two_job_processes_at_once(
     jobs = [
         subprocess.Popen(
             [sys.executable, "-c", _JOB, str(audio_path)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
             cwd=REPO,
+            text=True,
         )
         for _ in range(2)
     ]
+    for job in jobs:  # a job that imports faster must not finish before the other has begun
+        assert job.stdout is not None and job.stdout.readline().strip() == "ready"
+    for job in jobs:
+        assert job.stdin is not None
+        job.stdin.write("go\n")
+        job.stdin.flush()
     results = [json.loads(job.communicate(timeout=120)[0].splitlines()[-1]) for job in jobs]
     for result in results:
         assert "tuesday" in result["text"].lower(), result
