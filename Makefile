@@ -54,11 +54,17 @@ dev: install
 start: install
 	$(PY) -m agent start
 
+# Two test processes, one file each at a time (a file's fixtures, such as the speech service,
+# start once): most tests wait on real sockets, processes and audio paced in real time, so two
+# halve the run on two cores. TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: install  ## The suite without the long end-to-end runs; CI runs exactly this
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-all: install  ## Everything, with the long end-to-end runs marked slow (about 3 more minutes)
-	$(PY) -m pytest -q -m ""
+	$(PYTEST) -m ""
 
 lint: install
 	$(VENV)/bin/ruff check .
