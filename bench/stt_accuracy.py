@@ -191,13 +191,22 @@ async def score_all(
 
 
 ADAPTERS = ("LiveKit StreamAdapter", "SpeculativeStreamAdapter (ours)")
+#: What the latency runs say, timed alone: the 3 s utterance the goal names, then a longer one
+#: (Whisper's decode, and so the wait, grows with the words to write).
+LATENCY_UTTERANCES = (
+    "Could we book a call for Tuesday afternoon at two?",
+    "Hi, I would like to know your pricing for the premium plan.",
+)
 SPECULATION: dict[str, str] = {}  # adapter -> what its speculation did in the latency runs
+UTTERANCE_S: dict[str, float] = {}  # utterance -> how long it is said
+#: (utterance, adapter) -> (last voiced sample -> final, VAD end of speech -> final) per run
+Latency = dict[tuple[str, str], list[tuple[float, float]]]
 
 
 async def end_of_speech_latency(
-    repeats: int, adapter_name: str, min_silence_s: float = 0.55
+    repeats: int, adapter_name: str, sentence: str, min_silence_s: float = 0.55
 ) -> list[tuple[float, float]]:
-    """(last voiced frame -> final, VAD end of speech -> final) for a ~3.7 s utterance on
+    """(last voiced frame -> final, VAD end of speech -> final) for ``sentence`` said once on
     local-stt inside LiveKit's StreamAdapter or ours, with Silero VAD, fed at real-time pace."""
     from livekit.agents import stt
     from livekit.plugins import silero
@@ -207,11 +216,10 @@ async def end_of_speech_latency(
     from plugins.local.whisper_stt import WhisperEngine, WhisperSTT
     from plugins.sim.telephone import PHONE_RATE, phone_channel
 
-    pcm, rate = synthesize(
-        "hibari", "1.0", "Hi, I would like to know your pricing for the premium plan."
-    )
+    pcm, rate = synthesize("hibari", "1.0", sentence)
     narrow = resample_exact(pcm, rate, PHONE_RATE)
     phone = resample_exact(phone_channel(narrow, PHONE_RATE), PHONE_RATE, 16000)
+    UTTERANCE_S[sentence] = pcm.size / rate
     vad = silero.VAD.load(min_silence_duration=min_silence_s)
     recogniser = WhisperSTT(options=_whisper_options())
     adapter: stt.StreamAdapter = (
@@ -224,7 +232,7 @@ async def end_of_speech_latency(
     await adapter.aclose()
     if isinstance(adapter, SpeculativeStreamAdapter):
         s = adapter.stats
-        SPECULATION[adapter_name] = (
+        SPECULATION[f"{adapter_name}, {UTTERANCE_S[sentence]:.1f} s utterance"] = (
             f"{s.started} speculations, {s.used} finals sent from one, {s.discarded} discarded "
             f"(the caller spoke again), {s.at_end_of_speech} recognised at end of speech only"
         )
@@ -284,7 +292,7 @@ def _whisper_options() -> Any:
 
 def report(
     scores: list[Score],
-    latency: dict[str, list[tuple[float, float]]],
+    latency: Latency,
     elapsed_s: float,
     *,
     quick: bool = False,
@@ -352,22 +360,23 @@ def report(
         lines += [
             "",
             "End of speech to final transcript: local-stt with Silero VAD (0.55 s silence "
-            "window, what the worker uses), a 3.7 s phone utterance fed in real time, timed "
+            "window, what the worker uses), each phone utterance fed in real time, timed "
             "from the caller's last voiced sample; LiveKit's StreamAdapter and ours in the "
             "same run:",
             "",
-            "| adapter | runs | last voiced sample -> final, median s | max s | "
+            "| utterance | adapter | runs | last voiced sample -> final, median s | max s | "
             "final after the VAD's end of speech, median s |",
-            "|---|---|---|---|---|",
+            "|---|---|---|---|---|---|",
         ]
-        for name, runs in latency.items():
+        for (sentence, name), runs in latency.items():
+            said = f"{UTTERANCE_S.get(sentence, 0):.1f} s: {sentence!r}"
             if not runs:
-                lines.append(f"| {name} | 0 | - | - | - |")
+                lines.append(f"| {said} | {name} | 0 | - | - | - |")
                 continue
             voiced = [a for a, _ in runs]
             after = [b for _, b in runs]
             lines.append(
-                f"| {name} | {len(runs)} | **{statistics.median(voiced):.2f}** | "
+                f"| {said} | {name} | {len(runs)} | **{statistics.median(voiced):.2f}** | "
                 f"{max(voiced):.2f} | {statistics.median(after):+.2f} |"
             )
         lines += [
@@ -383,8 +392,9 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def summary_line(scores: list[Score], latency: dict[str, list[tuple[float, float]]]) -> str:
-    """One line for scripts: local-stt's WER (all, hibari, eSpeak), RTF and the latencies."""
+def summary_line(scores: list[Score], latency: Latency) -> str:
+    """One line for scripts: local-stt's WER (all, hibari, eSpeak), RTF and the latencies
+    (``eos_to_final_s`` on the 3 s utterance, ``_long_s`` on the longer one)."""
     mine = [s for s in scores if s.recogniser == "local-stt"]
 
     def wer(kind: str) -> str:
@@ -395,8 +405,8 @@ def summary_line(scores: list[Score], latency: dict[str, list[tuple[float, float
 
     rtf = [x for s in mine for x in s.rtf]
 
-    def median(name: str) -> str:
-        runs = latency.get(name) or []
+    def median(name: str, sentence: str = LATENCY_UTTERANCES[0]) -> str:
+        runs = latency.get((sentence, name)) or []
         return f"{statistics.median(a for a, _ in runs):.2f}" if runs else "-"
 
     return (
@@ -404,6 +414,7 @@ def summary_line(scores: list[Score], latency: dict[str, list[tuple[float, float
         f"espeak_wer={wer('espeak')} rtf_median="
         f"{statistics.median(rtf) if rtf else float('nan'):.3f} "
         f"eos_to_final_s={median(ADAPTERS[1])} stock_eos_to_final_s={median(ADAPTERS[0])} "
+        f"eos_to_final_long_s={median(ADAPTERS[1], LATENCY_UTTERANCES[1])} "
         f"load={os.getloadavg()[0]:.1f}"
     )
 
@@ -415,7 +426,11 @@ async def bench(args: argparse.Namespace) -> tuple[str, str]:
     voices = QUICK_VOICES if args.quick else VOICES
     scores = await score_all(sentences, voices)
     repeats = 2 if args.quick else 5
-    latency = {name: await end_of_speech_latency(repeats, name) for name in ADAPTERS}
+    latency: Latency = {
+        (sentence, name): await end_of_speech_latency(repeats, name, sentence)
+        for sentence in LATENCY_UTTERANCES
+        for name in ADAPTERS
+    }
     text = report(
         scores, latency, time.monotonic() - started, quick=args.quick, load_before=load_before
     )
