@@ -63,7 +63,7 @@ PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS
 test: install  ## The suite without the long end-to-end runs; CI runs exactly this
 	$(PYTEST)
 
-test-all: install  ## Everything, with the long end-to-end runs marked slow (about 3 more minutes)
+test-all: install  ## Everything, with the long end-to-end runs marked slow (about 1 more minute with two test processes)
 	$(PYTEST) -m ""
 
 lint: install
