@@ -119,8 +119,10 @@ def test_one_service_serves_two_job_processes_at_once(
         assert "tuesday" in result["text"].lower(), result
         assert result["audio"] > 10_000
         assert result["weights_here"] == [], "a job process loaded model code"
+    # the scenario held (the barrier above): both calls were in the service together; that it
+    # takes a request while another runs is test_a_withdrawn_request_is_dropped_unrun's probe
     first, second = sorted(results, key=lambda r: r["started"])
-    assert second["started"] < first["ended"], "the two calls were not served at the same time"
+    assert second["started"] < first["ended"], "the two calls did not overlap"
     served = SpeechClient(service.socket_path).ping()["served"]
     assert {r["pid"] for r in results} <= set(served)
     assert all(served[r["pid"]] == 2 for r in results)
